@@ -1,0 +1,47 @@
+"""A pattern-matching graph rewrite engine for Keras 3 functional models.
+
+Lift a model into a graph, find subgraph patterns, substitute them, and emit a new model (or its Python
+source).
+
+Example:
+    >>> import keras
+    >>> import rewriter
+    >>> model = keras.applications.MobileNetV2(weights=None)  # doctest: +SKIP
+    >>> graph = rewriter.lift(model)  # doctest: +SKIP
+    >>> same = rewriter.emit(graph)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from rewriter.emit import emit
+from rewriter.errors import (
+    EmitError,
+    GraphError,
+    LiftError,
+    MatchError,
+    PatternError,
+    RewriteError,
+    ShapeMismatchError,
+)
+from rewriter.graph import Graph, Node, Port, TensorRef, TensorSpec, Use
+from rewriter.lift import lift
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmitError",
+    "Graph",
+    "GraphError",
+    "LiftError",
+    "MatchError",
+    "Node",
+    "PatternError",
+    "Port",
+    "RewriteError",
+    "ShapeMismatchError",
+    "TensorRef",
+    "TensorSpec",
+    "Use",
+    "emit",
+    "lift",
+]
