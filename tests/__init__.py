@@ -1,0 +1,1 @@
+"""Test package (a package so that `from tests.helpers import ...` works)."""
