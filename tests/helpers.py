@@ -51,8 +51,8 @@ def random_inputs(model: keras.Model, seed: int = 0, batch: int = 2) -> Any:
     """
     rng = np.random.default_rng(seed)
     structure = getattr(model, "_inputs_struct", None)
-    if structure is None:
-        structure = model.inputs
+    if structure is None:  # Sequential: one input
+        structure = model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
     def make(tensor: Any) -> np.ndarray:
         shape = tuple(
