@@ -25,10 +25,34 @@ from rewriter.errors import (
 )
 from rewriter.graph import Graph, Node, Port, TensorRef, TensorSpec, Use
 from rewriter.lift import lift
+from rewriter.pattern import (
+    COMMUTATIVE_OPS,
+    OpPattern,
+    Pattern,
+    TensorPattern,
+    any_op,
+    anything,
+    as_pattern,
+    each,
+    one_of,
+    op,
+    tensor,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "COMMUTATIVE_OPS",
+    "OpPattern",
+    "Pattern",
+    "TensorPattern",
+    "any_op",
+    "anything",
+    "as_pattern",
+    "each",
+    "one_of",
+    "op",
+    "tensor",
     "EmitError",
     "Graph",
     "GraphError",
