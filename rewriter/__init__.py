@@ -13,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+from rewriter.codegen import load_source, to_source
 from rewriter.emit import emit
 from rewriter.errors import (
+    CodegenError,
     EmitError,
     GraphError,
     LiftError,
@@ -42,6 +44,7 @@ from rewriter.pattern import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CodegenError",
     "COMMUTATIVE_OPS",
     "OpPattern",
     "Pattern",
@@ -53,6 +56,7 @@ __all__ = [
     "one_of",
     "op",
     "tensor",
+    "to_source",
     "EmitError",
     "Graph",
     "GraphError",
@@ -68,4 +72,5 @@ __all__ = [
     "Use",
     "emit",
     "lift",
+    "load_source",
 ]

@@ -59,7 +59,7 @@ import keras
 import numpy as np
 
 from rewriter.emit import deep_recursion
-from rewriter.errors import RewriteError
+from rewriter.errors import CodegenError
 from rewriter.graph import Graph, Node, Port, TensorRef
 from rewriter.lift import _is_model_layer, _template, lift
 
@@ -67,10 +67,6 @@ __all__ = ["CodegenError", "load_source", "to_source"]
 
 _WIDTH = 100
 _INDENT = "    "
-
-
-class CodegenError(RewriteError):
-    """A graph cannot be written as Python source (or generated source cannot be loaded)."""
 
 
 # --------------------------------------------------------------------------------------------------------

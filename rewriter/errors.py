@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "CodegenError",
     "EmitError",
     "GraphError",
     "LiftError",
@@ -35,6 +36,10 @@ class GraphError(RewriteError):
 
 class EmitError(RewriteError):
     """A graph cannot be turned back into a Keras model."""
+
+
+class CodegenError(RewriteError):
+    """A graph cannot be written as Python source, or generated source cannot be loaded."""
 
 
 class PatternError(RewriteError):
