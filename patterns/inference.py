@@ -1,0 +1,325 @@
+"""Inference-time optimizations: fold BatchNormalization, drop no-ops, fuse activations and reshapes.
+
+`RULES` is an ordered `rewriter.RuleSet` for `rewriter.rewrite`; every rule is declared
+``function_preserving=True`` *in inference mode* (``model(x, training=False)``).
+
+Algebra and reasoning, rule by rule:
+
+**fold-batchnorm-into-<Layer>** (Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D,
+SeparableConv1D/2D). In inference mode a BatchNormalization is a per-channel affine map::
+
+    bn(x)_c = gamma_c * (x_c - mean_c) / sqrt(var_c + eps) + beta_c = s_c * x_c + t_c
+    s_c = gamma_c / sqrt(var_c + eps)     (gamma = 1 when scale=False)
+    t_c = beta_c - s_c * mean_c           (beta = 0 when center=False)
+
+A preceding layer with a linear activation computes ``x_c = <W[..., c], patch> + b_c`` (``b = 0`` without a
+bias), so ``bn(x)_c = <s_c * W[..., c], patch> + (s_c * b_c + t_c)``: one layer with kernel ``W'`` (the
+output-channel slice ``c`` scaled by ``s_c``) and bias ``b' = s * b + t``. The output channel sits on the
+kernel's last axis for Dense and ConvND ``(..., in, out)``, on the second-to-last for ConvNDTranspose
+``(..., out, in)``, at ``(i, m)`` of the ``(..., in, depth_multiplier)`` kernel of DepthwiseConvND (output
+channel ``c = i * depth_multiplier + m``), and on the pointwise kernel of SeparableConvND. The fold is
+refused (and `why_not_folded` says so) when the layer has a non-linear activation, when the BN normalizes
+another axis than the layer's channel axis (``channels_first`` convolutions fold with ``axis=1``), when the
+layer's output is also used elsewhere (the unnormalized tensor would be lost), when the layer is shared
+(folding would change its other calls) or when the BN is called with ``training=True``.
+
+**remove-<NoOp>**: Dropout, SpatialDropout1D/2D/3D, GaussianNoise, GaussianDropout, AlphaDropout,
+ActivityRegularization and Identity return their input unchanged at inference; the input goes straight to
+their consumers. A call with an explicit ``training=True`` (Monte-Carlo dropout) is left alone.
+
+**fold-activation**: ``act(L(x))`` where ``L`` has ``activation="linear"`` equals ``L'(x)`` with
+``activation=act``; standalone Activation, ReLU (plain or ``max_value=6``), LeakyReLU (slope 0.2), ELU
+(alpha 1) and Softmax (last axis) layers are expressed as activation strings.
+
+**merge-reshapes**: Reshape and (channels_last) Flatten keep the row-major element order, so
+``r2(r1(x))`` is ``r2`` applied to ``x`` directly; a Reshape or Flatten whose output shape equals its input
+shape is removed.
+
+Example:
+    >>> import rewriter
+    >>> from patterns import inference
+    >>> result = rewriter.rewrite(model, inference.RULES)  # doctest: +SKIP
+    >>> print(result.report())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from patterns import _algebra
+from rewriter.graph import Graph, Node, Port
+from rewriter.pattern import Pattern, op
+from rewriter.rules import Rule, RuleSet, bypass
+
+__all__ = [
+    "BATCHNORM_RULES",
+    "NOOP_TYPES",
+    "RULES",
+    "foldable_batchnorms",
+    "why_not_folded",
+]
+
+#: Layer classes that are the identity in inference mode.
+NOOP_TYPES: tuple[str, ...] = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+)
+
+# ----------------------------------------------------------------------------- shared checks
+
+
+def _shared(graph: Graph, node: Node) -> bool:
+    layer = node.layer
+    if layer is None:
+        return False
+    return sum(1 for n in graph.nx.nodes.values() if n["node"].layer is layer) > 1
+
+
+def _escapes(graph: Graph, producer: str, consumer: str) -> bool:
+    """Whether ``producer``'s output is used by anything but ``consumer`` (or is a graph output)."""
+    if any(use.consumer != consumer for use in graph.consumers(producer)):
+        return True
+    return any(port.node == producer for port in graph.outputs)
+
+
+def _training_forced(node: Node) -> bool:
+    return node.call_kwargs.get("training") is True
+
+
+def _fold_problem(graph: Graph, layer_node: Node, bn_node: Node) -> str | None:
+    """Why ``bn_node`` cannot be folded into ``layer_node`` (its producer), or None."""
+    if layer_node.num_outputs != 1 or not layer_node.output_specs:
+        return f"{layer_node.name!r} has {layer_node.num_outputs} outputs"
+    problem = _algebra.batchnorm_fold_problem(
+        layer_node.op_type,
+        layer_node.config or {},
+        bn_node.config or {},
+        layer_node.output_specs[0].rank,
+    )
+    if problem is not None:
+        return problem
+    if _training_forced(bn_node):
+        return f"{bn_node.name!r} is called with training=True, so it uses batch statistics"
+    if _escapes(graph, layer_node.name, bn_node.name):
+        return (
+            f"the output of {layer_node.name!r} is also used outside the BatchNormalization "
+            f"(by {[u.consumer for u in graph.consumers(layer_node.name) if u.consumer != bn_node.name]}"
+            f"{' and as a model output' if graph.is_output(Port(layer_node.name, 0)) else ''}); "
+            "folding would lose the unnormalized tensor"
+        )
+    if _shared(graph, layer_node):
+        return f"layer {layer_node.layer_name!r} is shared by several calls; folding would change all of them"
+    if layer_node.layer is None or bn_node.layer is None:
+        return "a layer object is missing"
+    return None
+
+
+def why_not_folded(model_or_graph: keras.Model | Graph, bn: str) -> str | None:
+    """Why the BatchNormalization node ``bn`` is not folded by `RULES`, or None if it is foldable.
+
+    Args:
+        model_or_graph: A model or its lifted graph.
+        bn: Name of the BatchNormalization node (its layer name for an unshared layer).
+
+    Returns:
+        A sentence giving the reason, or None.
+
+    Example:
+        >>> why_not_folded(model, "bn")  # doctest: +SKIP
+        "the output of 'conv' is also used outside the BatchNormalization (by ['add']); ..."
+    """
+    from rewriter.lift import lift
+
+    graph = model_or_graph if isinstance(model_or_graph, Graph) else lift(model_or_graph)
+    node = graph.node(bn)
+    if node.op_type != "BatchNormalization":
+        return f"{bn!r} is a {node.op_type}, not a BatchNormalization"
+    producer = graph.producers(bn)[0].node
+    return _fold_problem(graph, graph.node(producer), node)
+
+
+def foldable_batchnorms(model_or_graph: keras.Model | Graph) -> list[str]:
+    """Names of the BatchNormalization nodes that `RULES` can fold (none should remain after a rewrite).
+
+    Example:
+        >>> foldable_batchnorms(rewriter.rewrite(model, RULES).model)  # doctest: +SKIP
+        []
+    """
+    from rewriter.lift import lift
+
+    graph = model_or_graph if isinstance(model_or_graph, Graph) else lift(model_or_graph)
+    return [
+        n.name for n in graph.nodes_of_type("BatchNormalization") if why_not_folded(graph, n.name) is None
+    ]
+
+
+# ----------------------------------------------------------------------------- BatchNorm folding
+
+
+def _check_fold(match: Any) -> str | None:
+    return _fold_problem(match.graph, match.node("layer"), match.node("bn"))
+
+
+def _fold(match: Any, x: Any) -> Any:
+    layer = match["layer"]
+    bn = match["bn"]
+    folded = type(layer).from_config(_algebra.folded_config(layer.get_config()))
+    y = folded(x)
+    folded.set_weights(_algebra.fold_batchnorm(layer, bn))
+    return y
+
+
+def _fold_rule(layer_type: str) -> Rule:
+    pattern = Pattern(op(layer_type).named("layer") >> op("BatchNormalization").named("bn"))
+    return Rule(
+        f"fold-batchnorm-into-{layer_type}",
+        pattern,
+        _fold,
+        check=_check_fold,
+        function_preserving=True,
+    )
+
+
+#: One BatchNorm-folding rule per foldable layer class.
+BATCHNORM_RULES: RuleSet = RuleSet(_fold_rule(t) for t in _algebra.BN_FOLDABLE_TYPES)
+
+# ----------------------------------------------------------------------------- no-ops
+
+
+def _check_noop(match: Any) -> str | None:
+    node = match.node("noop")
+    if _training_forced(node):
+        return f"{node.name!r} is called with training=True (active at inference)"
+    if node.num_inputs != 1 or node.input_specs[0] != node.output_specs[0]:
+        return f"{node.name!r} does not return a tensor of its input's shape"
+    return None
+
+
+def _noop_rule(op_type: str) -> Rule:
+    return Rule(
+        f"remove-{op_type}",
+        Pattern(op(op_type).named("noop")),
+        bypass(),
+        check=_check_noop,
+        function_preserving=True,
+    )
+
+
+# ----------------------------------------------------------------------------- activations
+
+_ACTIVATION_HOSTS = (*_algebra.BN_FOLDABLE_TYPES, "EinsumDense")
+
+
+def _check_activation(match: Any) -> str | None:
+    graph = match.graph
+    host, act = match.node("layer"), match.node("act")
+    if (host.config or {}).get("activation") not in (None, "linear"):
+        return f"{host.name!r} already has activation {(host.config or {}).get('activation')!r}"
+    if _algebra.activation_of_layer(act.op_type, act.config or {}) is None:
+        return f"{act.name!r} ({act.op_type}) has no equivalent activation string"
+    if act.num_inputs != 1:
+        return f"{act.name!r} takes {act.num_inputs} tensors"
+    if _escapes(graph, host.name, act.name):
+        return f"the output of {host.name!r} is also used elsewhere"
+    if _shared(graph, host):
+        return f"layer {host.layer_name!r} is shared"
+    return None
+
+
+def _fold_activation(match: Any, x: Any) -> Any:
+    host = match["layer"]
+    act = match.node("act")
+    config = dict(host.get_config())
+    config["activation"] = _algebra.activation_of_layer(act.op_type, act.config or {})
+    fused = type(host).from_config(config)
+    y = fused(x)
+    fused.set_weights(host.get_weights())
+    return y
+
+
+FOLD_ACTIVATION = Rule(
+    "fold-activation",
+    Pattern(
+        op(list(_ACTIVATION_HOSTS)).named("layer") >> op(list(_algebra.ACTIVATION_LAYER_NAMES)).named("act")
+    ),
+    _fold_activation,
+    check=_check_activation,
+    function_preserving=True,
+)
+
+# ----------------------------------------------------------------------------- reshapes
+
+
+def _check_merge(match: Any) -> str | None:
+    first, second = match.node("first"), match.node("second")
+    if _escapes(match.graph, first.name, second.name):
+        return f"the output of {first.name!r} is also used elsewhere"
+    merged = _algebra.merged_reshape_target(
+        first.op_type, second.op_type, second.config or {}, second.output_specs[0].shape
+    )
+    if merged is None:
+        return "a channels_first Flatten reorders elements"
+    if first.op_type == "Flatten" and (first.config or {}).get("data_format") == "channels_first":
+        return "a channels_first Flatten reorders elements"
+    return None
+
+
+def _merge_reshapes(match: Any, x: Any) -> Any:
+    first, second = match.node("first"), match.node("second")
+    merged = _algebra.merged_reshape_target(
+        first.op_type, second.op_type, second.config or {}, second.output_specs[0].shape
+    )
+    assert merged is not None
+    kind, target = merged
+    if kind == "Flatten":
+        return keras.layers.Flatten(name=second.layer_name)(x)
+    return keras.layers.Reshape(target, name=second.layer_name)(x)
+
+
+MERGE_RESHAPES = Rule(
+    "merge-reshapes",
+    Pattern(op(["Reshape", "Flatten"]).named("first") >> op(["Reshape", "Flatten"]).named("second")),
+    _merge_reshapes,
+    check=_check_merge,
+    function_preserving=True,
+)
+
+
+def _check_identity_reshape(match: Any) -> str | None:
+    node = match.node("reshape")
+    if (
+        node.input_specs[0].shape[1:] != node.output_specs[0].shape[1:]
+        or None in node.input_specs[0].shape[1:]
+    ):
+        return f"{node.name!r} changes the shape {node.input_specs[0]} -> {node.output_specs[0]}"
+    return None
+
+
+REMOVE_IDENTITY_RESHAPE = Rule(
+    "remove-identity-reshape",
+    Pattern(op(["Reshape", "Flatten"]).named("reshape")),
+    bypass(),
+    check=_check_identity_reshape,
+    function_preserving=True,
+)
+
+#: The inference rule set, in priority order: no-ops first (so a Dropout between a convolution and its
+#: BatchNorm does not block the fold), then BatchNorm folds, then activation fusion, then reshapes.
+RULES: RuleSet = RuleSet(
+    [
+        *(_noop_rule(t) for t in NOOP_TYPES),
+        *BATCHNORM_RULES,
+        FOLD_ACTIVATION,
+        REMOVE_IDENTITY_RESHAPE,
+        MERGE_RESHAPES,
+    ]
+)
