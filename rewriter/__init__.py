@@ -40,10 +40,43 @@ from rewriter.pattern import (
     op,
     tensor,
 )
+from rewriter.rewrite import Application, RewriteResult, SiteMatch, rewrite
+from rewriter.rules import (
+    Rule,
+    RuleSet,
+    Template,
+    bypass,
+    follow_with,
+    keep,
+    precede_with,
+    replace_with,
+    replay,
+    residual,
+)
+from rewriter.surgery import add_skip, insert_after, insert_before, remove_layer, replace_layer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Application",
+    "RewriteResult",
+    "Rule",
+    "RuleSet",
+    "SiteMatch",
+    "Template",
+    "add_skip",
+    "bypass",
+    "follow_with",
+    "insert_after",
+    "insert_before",
+    "keep",
+    "precede_with",
+    "remove_layer",
+    "replace_layer",
+    "replace_with",
+    "replay",
+    "residual",
+    "rewrite",
     "CodegenError",
     "COMMUTATIVE_OPS",
     "OpPattern",

@@ -112,9 +112,8 @@ class RewriteResult:
             >>> print(result.report())  # doctest: +SKIP
             rewrite of 'resnet50': 53 applications in 2 passes
         """
-        lines = [
-            f"rewrite of {self.graph.name!r}: {len(self.applications)} application(s) in {self.passes} pass(es)"
-        ]
+        total = len(self.applications)
+        lines = [f"rewrite of {self.graph.name!r}: {total} application(s) in {self.passes} pass(es)"]
         for rule, count in self.counts().items():
             lines.append(f"  {rule}: {count}")
         if not self.applications:
@@ -279,9 +278,7 @@ def _as_tensor_list(result: Any, rule: str, expected: int) -> list[Any]:
 
 
 def _keras_calls(placeholders: Sequence[Any], outputs: Sequence[Any]) -> tuple[list[Any], bool]:
-    """The Keras nodes (layer calls) between ``placeholders`` and ``outputs``, and whether any tensor on
-    the way comes from elsewhere (not from the placeholders).
-    """
+    """The Keras calls between ``placeholders`` and ``outputs``; True if a tensor comes from elsewhere."""
     own_inputs = {id(t._keras_history.operation) for t in placeholders}
     found: list[Any] = []
     seen: set[int] = set()
@@ -528,7 +525,7 @@ def _name_new_nodes(session: _Session, added: list[str]) -> dict[str, str]:
         session.count_layer(node, +1)
     if mapping:
         nx.relabel_nodes(graph.nx, mapping, copy=False)
-        for temp, name in mapping.items():
+        for name in mapping.values():
             graph.node(name).name = name
         graph.output_structure = _map_structure(
             lambda p: Port(mapping.get(p.node, p.node), p.index) if isinstance(p, Port) else p,

@@ -7,7 +7,7 @@ one of the templates below, so that most rules need no function at all:
 - `keep` (a captured node's output, or the whole match unchanged),
 - `bypass` (route a match input straight to the consumers),
 - `replace_with` (a given layer applied to the match inputs),
-- `insert_before` / `insert_after` (a layer before or after the match, or a captured node of it),
+- `precede_with` / `follow_with` (a layer before or after the match, or a captured node of it),
 - `residual` (wrap the match in a skip connection: ``merge([f(x), branch(x)])``).
 
 `replay` re-calls the matched layers on new tensors, for replacement functions that keep part of a match.
@@ -39,9 +39,9 @@ __all__ = [
     "RuleSet",
     "Template",
     "bypass",
-    "insert_after",
-    "insert_before",
+    "follow_with",
     "keep",
+    "precede_with",
     "replace_with",
     "replay",
     "residual",
@@ -60,12 +60,13 @@ class Rule:
 
     Args:
         name: Name used in reports and errors.
-        pattern: A `rewriter.Pattern`, or pattern text for `rewriter.parse_pattern`.
+        pattern: Anything `rewriter.as_pattern` takes: a `rewriter.Pattern`, an ``op(...)`` node, pattern
+            text, or a function written with the Keras functional API (by example).
         replacement: ``replacement(match, *inputs) -> tensor | list[tensor]`` returning one tensor per
             match output (``match.outputs``), built with the Keras functional API on ``inputs`` (one
             symbolic tensor per ``match.inputs`` port, same shape and dtype). Captured original layers are
             read with ``match["name"]``; calling one of them keeps its weights. A template object
-            (`keep`, `bypass`, `replace_with`, `insert_before`, `insert_after`, `residual`) works too.
+            (`keep`, `bypass`, `replace_with`, `precede_with`, `follow_with`, `residual`) works too.
         check: ``check(match)`` returning ``None``/``True`` to accept the match, or the reason to veto it
             (a string; ``False`` vetoes without a reason).
         function_preserving: The rule claims not to change what the model computes; `rewrite` verifies
@@ -256,6 +257,7 @@ class Template:
     """Base class of the declarative replacements: callables ``template(match, *inputs)``."""
 
     def __call__(self, match: Any, *inputs: Any) -> Any:  # pragma: no cover - abstract
+        """Return the tensor(s) replacing the match's outputs."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -409,11 +411,11 @@ class _InsertAfter(Template):
         return _single([self._placer.apply(match, t) for t in _outputs(match, env)])
 
 
-def insert_after(layer: LayerSource, capture: str | None = None) -> Template:
+def follow_with(layer: LayerSource, capture: str | None = None) -> Template:
     """Keep the match and apply ``layer`` to its output (or right after the captured node ``capture``).
 
     Example:
-        >>> rule = Rule("bn-after-conv", "Conv2D", insert_after(lambda m: keras.layers.BatchNormalization()))
+        >>> rule = Rule("bn-after-conv", "Conv2D", follow_with(lambda m: keras.layers.BatchNormalization()))
     """
     return _InsertAfter(layer, capture)
 
@@ -432,13 +434,13 @@ class _InsertBefore(Template):
         return _single(_outputs(match, env))
 
 
-def insert_before(layer: LayerSource, capture: str | None = None) -> Template:
+def precede_with(layer: LayerSource, capture: str | None = None) -> Template:
     """Keep the match and apply ``layer`` to each of its inputs (or each input of the node ``capture``).
 
     A match with several inputs gets one layer per input (clones of an instance, or one per factory call).
 
     Example:
-        >>> rule = Rule("norm-first", "Dense", insert_before(lambda m: keras.layers.LayerNormalization()))
+        >>> rule = Rule("norm-first", "Dense", precede_with(lambda m: keras.layers.LayerNormalization()))
     """
     return _InsertBefore(layer, capture)
 
@@ -481,7 +483,7 @@ class _Residual(Template):
 
 
 def residual(branch: LayerSource | None = None, merge: str | LayerSource = "add") -> Template:
-    """Wrap the match ``f`` in a skip connection: ``merge([f(x), branch(x)])`` (``branch`` defaults to identity).
+    """Wrap the match ``f`` in a skip connection: ``merge([f(x), branch(x)])``, identity branch by default.
 
     Example:
         >>> zero = lambda m: keras.layers.Rescaling(0.0)

@@ -40,15 +40,11 @@ from rewriter.rules import (
     LayerSource,
     _LayerPlacer,
     bypass,
+    follow_with,
     merge_layer,
+    precede_with,
     replace_with,
     replay,
-)
-from rewriter.rules import (
-    insert_after as _insert_after_template,
-)
-from rewriter.rules import (
-    insert_before as _insert_before_template,
 )
 
 __all__ = ["add_skip", "insert_after", "insert_before", "remove_layer", "replace_layer"]
@@ -113,11 +109,11 @@ def insert_after(model: keras.Model | Graph, where: Where, layer: LayerSource) -
         The new model; ``model.rewrite_result`` holds the `RewriteResult` (fresh weights, applications).
 
     Example:
-        >>> wider = rewriter.insert_after(model, "pool", layers.Dense(128, activation="relu"))  # doctest: +SKIP
+        >>> wider = rewriter.insert_after(model, "pool", layers.Dense(128))  # doctest: +SKIP
     """
     graph = _source(model)
     names = _nodes_at(graph, where, "insert_after")
-    template = _insert_after_template(layer)
+    template = follow_with(layer)
     return _finish(apply_at(graph, lambda g: _lazy_sites(g, names), template, label="insert_after"))
 
 
@@ -138,7 +134,7 @@ def insert_before(model: keras.Model | Graph, where: Where, layer: LayerSource) 
     """
     graph = _source(model)
     names = _nodes_at(graph, where, "insert_before")
-    template = _insert_before_template(layer)
+    template = precede_with(layer)
     return _finish(apply_at(graph, lambda g: _lazy_sites(g, names), template, label="insert_before"))
 
 
@@ -155,7 +151,7 @@ def replace_layer(model: keras.Model | Graph, where: Where, layer: LayerSource) 
         The new model; ``model.rewrite_result`` holds the `RewriteResult`.
 
     Example:
-        >>> dense = rewriter.replace_layer(model, "c2", layers.Dense(128, activation="relu"))  # doctest: +SKIP
+        >>> dense = rewriter.replace_layer(model, "c2", layers.Dense(128))  # doctest: +SKIP
     """
     graph = _source(model)
     names = _nodes_at(graph, where, "replace_layer")
