@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+from rewriter.by_example import pattern_from_example
 from rewriter.codegen import load_source, to_source
+from rewriter.dsl import parse_pattern
 from rewriter.emit import emit
 from rewriter.errors import (
     CodegenError,
@@ -27,6 +29,7 @@ from rewriter.errors import (
 )
 from rewriter.graph import Graph, Node, Port, TensorRef, TensorSpec, Use
 from rewriter.lift import lift
+from rewriter.match import Match, explain, find
 from rewriter.pattern import (
     COMMUTATIVE_OPS,
     OpPattern,
@@ -58,6 +61,8 @@ from rewriter.surgery import add_skip, insert_after, insert_before, remove_layer
 __version__ = "0.1.0"
 
 __all__ = [
+    "parse_pattern",
+    "pattern_from_example",
     "Application",
     "RewriteResult",
     "Rule",
@@ -79,6 +84,9 @@ __all__ = [
     "rewrite",
     "CodegenError",
     "COMMUTATIVE_OPS",
+    "Match",
+    "explain",
+    "find",
     "OpPattern",
     "Pattern",
     "TensorPattern",

@@ -634,12 +634,12 @@ class OpPattern:
 
         Example:
             >>> op("ReLU").local_failure(graph.node("dense"))  # doctest: +SKIP
-            "it is a Dense, wanted ReLU"
+            "its op is Dense, wanted ReLU"
         """
         typed = [c for c in self.choices if c.accepts_type(node)]
         if not typed:
             wanted = " | ".join(c.op_name or "_" for c in self.choices)
-            return f"it is a {node.op_type}, wanted {wanted}"
+            return f"its op is {node.op_type}, wanted {wanted}"
         reasons = []
         for choice in typed:
             reason = choice.config_failure(node)
@@ -922,8 +922,11 @@ class Pattern:
                     f"{' and is a sink' if node in self.sinks else ''}; "
                     "an optional node may feed at most one place."
                 )
-            if ins and ins[0].is_optional and node in self.sinks and len(self.sinks) > 1:
-                raise PatternError(f"Optional sink {node.label()} may not feed from another optional node.")
+            if ins and ins[0].is_optional and node in self.sinks:
+                raise PatternError(
+                    f"Optional sink {node.label()} may not feed from another optional node "
+                    f"({ins[0].label()}); make one of them required."
+                )
         if all(n.is_optional for n in self.sinks) and all(n.is_optional for n in self.nodes):
             raise PatternError("A pattern needs at least one non-optional node.")
 

@@ -1,0 +1,870 @@
+"""The anchored matcher: `find` every match of a pattern, `explain` why there is none at a node.
+
+How matching works. The pattern's first sink is the *anchor*: its candidates are the graph nodes of the
+wanted op types (an index by ``op_type``, in topological order), or the ``anchors=`` given. From a bound
+node the matcher walks *back* through producers: a complete input list binds each item to the producer
+at its argument position (any injective order for commutative ops), a chained feeder (``a >> b``) binds to
+one of the distinct producers, ``each(...)`` checks every producer. A value has one producer but many
+consumers, so walking back keeps the branching small. Further sinks are reached by walking *forward* from
+an already bound node along the pattern path to the sink (or, for a disconnected sink, from the op index).
+Search is depth-first with backtracking over the *pattern* (recursion depth bounded by the pattern's
+size, never by the graph's depth); for a fixed pattern the cost grows linearly with the graph.
+
+Semantics: distinct pattern nodes bind distinct graph nodes (a monomorphism: extra edges in the graph are
+allowed). Optional nodes are tried present first; the absent alternative (the edge passing straight
+through) is only tried where no present alternative completes (greedy). An optional sink is absent at a
+place only if no match with it present binds its input to the same node. Matches covering the same graph
+nodes and pattern edges (a commutative list matched in two orders, a symmetric pattern) are reported once.
+
+Failures are values: every rejected step records *why* (``_Failure``). `explain` reruns the search from one
+node and reports the deepest partial match and the first constraint that failed there.
+
+Example:
+    >>> import keras
+    >>> import rewriter
+    >>> from rewriter import op
+    >>> x = keras.Input((8, 8, 3))
+    >>> y = keras.layers.ReLU(name="act")(keras.layers.BatchNormalization(name="bn")(
+    ...     keras.layers.Conv2D(4, 3, name="conv")(x)))
+    >>> graph = rewriter.lift(keras.Model(x, y))
+    >>> [m.captures for m in rewriter.find(graph, op("Conv2D").named("c") >> op("BatchNormalization"))]
+    [{'c': 'conv'}]
+    >>> m = rewriter.find(graph, "Conv2D -> BatchNormalization -> ReLU")[0]  # doctest: +SKIP
+    >>> m.nodes, m.inputs, m.outputs  # doctest: +SKIP
+    (['conv', 'bn', 'act'], [Port(node='input_layer', index=0)], [Port(node='act', index=0)])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from rewriter.errors import MatchError, PatternError
+from rewriter.graph import Graph, Node, Port
+from rewriter.pattern import OpPattern, Pattern, PatternLike, TensorPattern, as_pattern
+
+__all__ = ["Match", "explain", "find"]
+
+
+# ------------------------------------------------------------------------------------ graph access
+
+
+class _GraphIndex:
+    """Fast, cached read access to a `Graph` for one `find` call (and the matches it returns)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        nxg = graph.nx
+        # networkx's own adjacency dicts: the public views allocate a wrapper per access.
+        self._node_data = nxg._node
+        self._pred = nxg._pred
+        self._succ = nxg._succ
+        self._producers: dict[str, list[Port]] = {}
+        self._producer_nodes: dict[str, list[str]] = {}
+        self._topo_index: dict[str, int] | None = None
+        self._by_type: dict[str, list[str]] | None = None
+        self._order: list[str] | None = None
+
+    def node(self, name: str) -> Node:
+        return self._node_data[name]["node"]
+
+    def op_type(self, name: str) -> str:
+        return self._node_data[name]["op_type"]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._node_data
+
+    def producers(self, name: str) -> list[Port]:
+        ports = self._producers.get(name)
+        if ports is None:
+            slots: list[Port | None] = [None] * len(self._node_data[name]["node"].input_specs)
+            for src, keyed in self._pred[name].items():
+                for data in keyed.values():
+                    arg = data["arg_index"]
+                    if arg >= len(slots):
+                        slots.extend([None] * (arg + 1 - len(slots)))
+                    slots[arg] = Port(src, data["out_index"])
+            ports = [p for p in slots if p is not None]
+            self._producers[name] = ports
+        return ports
+
+    def producer_nodes(self, name: str) -> list[str]:
+        nodes = self._producer_nodes.get(name)
+        if nodes is None:
+            nodes = list(dict.fromkeys(p.node for p in self.producers(name)))
+            self._producer_nodes[name] = nodes
+        return nodes
+
+    def consumer_nodes(self, name: str) -> list[str]:
+        return sorted(self._succ[name])
+
+    def port_uses(self, port: Port) -> list[str]:
+        return [
+            dst
+            for dst, keyed in self._succ[port.node].items()
+            if any(d["out_index"] == port.index for d in keyed.values())
+        ]
+
+    @property
+    def order(self) -> list[str]:
+        if self._order is None:
+            self._order = self.graph.topological_names()
+        return self._order
+
+    @property
+    def topo_index(self) -> dict[str, int]:
+        if self._topo_index is None:
+            self._topo_index = {name: i for i, name in enumerate(self.order)}
+        return self._topo_index
+
+    def candidates(self, pnode: OpPattern) -> list[str]:
+        """Graph nodes whose op type may fit ``pnode``, in topological order."""
+        names = pnode.op_names()
+        if names is None:
+            return self.order
+        if self._by_type is None:
+            by_type: dict[str, list[str]] = {}
+            data = self._node_data
+            for name in self.order:
+                by_type.setdefault(data[name]["op_type"], []).append(name)
+            self._by_type = by_type
+        if len(names) == 1:
+            return self._by_type.get(next(iter(names)), [])
+        index = self.topo_index
+        merged = [n for t in names for n in self._by_type.get(t, [])]
+        return sorted(merged, key=index.__getitem__)
+
+
+# ------------------------------------------------------------------------------------ Match
+
+
+class Match:
+    """One occurrence of a pattern in a graph.
+
+    Attributes:
+        graph: The graph searched.
+        pattern: The pattern matched.
+        anchor: Graph node name bound to the pattern's first sink (to its pass-through input if that sink
+            is an absent optional node).
+        captures: Capture name -> graph node name (absent optional nodes are omitted).
+        tensors: Name of each named `tensor` placeholder -> the `Port` it bound.
+        bindings: Every present pattern node (`OpPattern`, by identity) -> graph node name.
+
+    Example:
+        >>> m = rewriter.find(graph, op("Conv2D").named("c") >> op("ReLU"))[0]  # doctest: +SKIP
+        >>> m["c"].filters, m.captures, m.nodes  # doctest: +SKIP
+        (4, {'c': 'conv'}, ['conv', 'act'])
+    """
+
+    def __init__(
+        self,
+        index: _GraphIndex,
+        pattern: Pattern,
+        bindings: dict[OpPattern, str],
+        tensors: dict[TensorPattern, Port],
+        extras: tuple[str, ...],
+        sink_nodes: tuple[str, ...],
+        key: tuple[frozenset[str], frozenset[tuple[str, str]]],
+    ) -> None:
+        self._index = index
+        self.graph: Graph = index.graph
+        self.pattern = pattern
+        self.bindings = bindings
+        self.tensors: dict[str, Port] = {t.name: p for t, p in tensors.items() if t.name}
+        self._extras = extras
+        self._sink_nodes = sink_nodes
+        self._key = key
+        self.anchor: str = sink_nodes[0]
+        self.captures: dict[str, str] = {p.name: g for p, g in bindings.items() if p.name}
+        self._nodes: list[str] | None = None
+        self._inputs: list[Port] | None = None
+        self._escaping: list[Port] | None = None
+
+    # ------------------------------------------------------------- captures
+
+    def __getitem__(self, name: str) -> Any:
+        """The original Keras layer (or operation) object of the node captured as ``name``.
+
+        Raises:
+            KeyError: ``name`` is not a capture of this match (unknown, or an absent optional node).
+        """
+        if name not in self.captures:
+            raise KeyError(self._missing(name))
+        return self._index.node(self.captures[name]).layer
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Like ``match[name]``, but ``default`` when the node is absent (optional) or unknown."""
+        if name not in self.captures:
+            return default
+        return self[name]
+
+    def node(self, name: str) -> Node:
+        """The `rewriter.Node` captured as ``name``.
+
+        Raises:
+            KeyError: ``name`` is not a capture of this match.
+        """
+        if name not in self.captures:
+            raise KeyError(self._missing(name))
+        return self._index.node(self.captures[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.captures
+
+    def _missing(self, name: str) -> str:
+        known = self.pattern.capture_names
+        if name in known:
+            return f"{name!r} is an optional pattern node that is absent from this match."
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        return f"The pattern has no capture named {name!r} (captures: {known}).{hint}"
+
+    # ------------------------------------------------------------- structure
+
+    @property
+    def nodes(self) -> list[str]:
+        """Every matched graph node, in topological order."""
+        if self._nodes is None:
+            index = self._index.topo_index
+            self._nodes = sorted(self._key[0], key=index.__getitem__)
+        return list(self._nodes)
+
+    @property
+    def sinks(self) -> list[str]:
+        """Graph nodes bound to the pattern's sinks (pass-through nodes for absent optional sinks)."""
+        return list(self._sink_nodes)
+
+    @property
+    def inputs(self) -> list[Port]:
+        """Tensors entering the match from outside, in order of first appearance.
+
+        Matched nodes are walked in topological order, their producers in argument order.
+        """
+        if self._inputs is None:
+            inside = self._key[0]
+            seen: dict[Port, None] = {}
+            for name in self.nodes:
+                for port in self._index.producers(name):
+                    if port.node not in inside and port not in seen:
+                        seen[port] = None
+            self._inputs = list(seen)
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[Port]:
+        """The sinks' output ports (sink order, then output index): what a replacement must provide."""
+        ports: dict[Port, None] = {}
+        for name in self._sink_nodes:
+            for i in range(self._index.node(name).num_outputs):
+                ports[Port(name, i)] = None
+        return list(ports)
+
+    @property
+    def escaping(self) -> list[Port]:
+        """Interior (non-sink) outputs also used outside the match or as graph outputs."""
+        if self._escaping is None:
+            inside = self._key[0]
+            sinks = set(self._sink_nodes)
+            graph_outputs = set(self.graph.outputs)
+            found: list[Port] = []
+            for name in self.nodes:
+                if name in sinks:
+                    continue
+                for i in range(self._index.node(name).num_outputs):
+                    port = Port(name, i)
+                    if port in graph_outputs or any(u not in inside for u in self._index.port_uses(port)):
+                        found.append(port)
+            self._escaping = found
+        return list(self._escaping)
+
+    def __repr__(self) -> str:
+        caps = ", ".join(f"{k}={v}" for k, v in self.captures.items())
+        return f"<Match at {self.anchor!r}: {caps or ', '.join(self.nodes)}>"
+
+
+# ------------------------------------------------------------------------------------ search
+
+
+@dataclasses.dataclass
+class _Failure:
+    depth: int
+    bindings: dict[OpPattern, str]
+    reason: str
+
+
+_Tasks = Any  # a persistent stack: None or (task, rest)
+
+
+class _Search:
+    """Depth-first matcher for one pattern *variant* (a choice of present/absent optional sinks)."""
+
+    def __init__(
+        self,
+        index: _GraphIndex,
+        pattern: Pattern,
+        sinks: list[OpPattern],
+        absent: set[OpPattern],
+        prebound: dict[OpPattern, str] | None = None,
+        record: bool = False,
+    ) -> None:
+        self.index = index
+        self.pattern = pattern
+        self.sinks = sinks
+        self.bind: dict[OpPattern, str] = {}
+        self.used: dict[str, OpPattern | None] = {}
+        self.tensors: dict[TensorPattern, Port] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.extras: list[str] = []
+        self.absent: set[OpPattern] = set(absent)
+        self.expanded: set[OpPattern] = set()
+        self.record = record
+        self.failure: _Failure | None = None
+        for p, g in (prebound or {}).items():
+            self.bind[p] = g
+            self.used[g] = p
+
+    # ------------------------------------------------------------- entry
+
+    def run(self, anchor_candidates: list[str] | None) -> Iterator[Match]:
+        tasks: _Tasks = None
+        for sink in reversed(self.sinks[1:]):
+            tasks = (("sink", sink), tasks)
+        if anchor_candidates is None:
+            tasks = (("sink", self.sinks[0]), tasks)
+        else:
+            tasks = (("bind", self.sinks[0], anchor_candidates, None, True), tasks)
+        yield from self._solve(tasks)
+
+    def _fail(self, reason: str) -> None:
+        if not self.record:
+            return
+        depth = len(self.bind)
+        if self.failure is None or depth > self.failure.depth:
+            self.failure = _Failure(depth, dict(self.bind), reason)
+
+    # ------------------------------------------------------------- steps
+
+    def _solve(self, tasks: _Tasks) -> Iterator[Match]:
+        if tasks is None:
+            yield from self._complete()
+            return
+        task, rest = tasks
+        kind = task[0]
+        if kind == "bind":
+            yield from self._bind(task[1], task[2], task[3], task[4], rest)
+        elif kind == "expand":
+            yield from self._expand(task[1], rest)
+        elif kind == "tensor":
+            yield from self._tensor(task[1], task[2], rest)
+        else:
+            yield from self._sink(task[1], rest)
+
+    def _bind(
+        self, p: OpPattern, candidates: list[str], consumer: str | None, is_sink: bool, rest: _Tasks
+    ) -> Iterator[Match]:
+        found = False
+        bound = self.bind.get(p)
+        if bound is not None:
+            if bound in candidates:
+                if consumer is not None:
+                    self.edges.append((bound, consumer))
+                if p in self.expanded:
+                    nxt = rest
+                else:
+                    self.expanded.add(p)
+                    nxt = (("expand", p), rest)
+                for m in self._solve(nxt):
+                    found = True
+                    yield m
+                if p in self.expanded and nxt is not rest:
+                    self.expanded.discard(p)
+                if consumer is not None:
+                    self.edges.pop()
+            else:
+                where = f"among the inputs of {consumer!r}" if consumer else "here"
+                self._fail(f"pattern node {p.label()} is already matched to {bound!r}, which is not {where}")
+            return
+        index = self.index
+        for cand in candidates:
+            owner = self.used.get(cand, False)
+            if owner is not False:
+                other = owner.label() if owner is not None else "a variadic input"
+                self._fail(f"node {cand!r} cannot be {p.label()}: it is already matched as {other}")
+                continue
+            reason = p.local_failure(index.node(cand))
+            if reason is not None:
+                self._fail(f"node {cand!r} cannot be {p.label()}: {reason}")
+                continue
+            self.bind[p] = cand
+            self.used[cand] = p
+            self.expanded.add(p)
+            if consumer is not None:
+                self.edges.append((cand, consumer))
+            for m in self._solve((("expand", p), rest)):
+                found = True
+                yield m
+            if consumer is not None:
+                self.edges.pop()
+            self.expanded.discard(p)
+            del self.used[cand]
+            del self.bind[p]
+        if not candidates and consumer is not None:
+            self._fail(f"node {consumer!r} has no input that could be {p.label()}")
+        if p.is_optional and not is_sink and not found:
+            self.absent.add(p)
+            ins = p.inputs
+            nxt = (("bind", ins[0], candidates, consumer, False), rest) if ins else rest
+            yield from self._solve(nxt)
+            self.absent.discard(p)
+
+    def _expand(self, p: OpPattern, rest: _Tasks) -> Iterator[Match]:
+        g = self.bind[p]
+        mode = p.input_mode
+        if mode == "free":
+            if not p.feeders:
+                yield from self._solve(rest)
+                return
+            producers = self.index.producer_nodes(g)
+            tasks = rest
+            for feeder in reversed(p.feeders):
+                tasks = (("bind", feeder, producers, g, False), tasks)
+            yield from self._solve(tasks)
+        elif mode == "list":
+            yield from self._expand_list(p, g, rest)
+        else:
+            yield from self._expand_each(p, g, rest)
+
+    def _expand_list(self, p: OpPattern, g: str, rest: _Tasks) -> Iterator[Match]:
+        ports = self.index.producers(g)
+        items = p.input_list
+        n = len(items)
+        if len(ports) < n or (len(ports) > n and not p.open_ended):
+            wanted = f"at least {n}" if p.open_ended else str(n)
+            self._fail(
+                f"node {g!r} ({self.index.op_type(g)}) has {len(ports)} input(s), "
+                f"the input list of {p.label()} wants {wanted}"
+            )
+            return
+        if not p.is_commutative_for(self.index.op_type(g)):
+            yield from self._solve(self._list_tasks(items, [ports[i] for i in range(n)], g, rest))
+            return
+        compatible = [[j for j in range(len(ports)) if self._may_take(item, ports[j])] for item in items]
+        for i, options in enumerate(compatible):
+            if not options:
+                self._fail(
+                    f"no input of {g!r} can be item {i} ({_item_label(items[i])}) of the input list of "
+                    f"{p.label()}; its inputs are {[_port_text(q) for q in ports]}"
+                )
+                return
+        for choice in itertools.product(*compatible):
+            if len(set(choice)) < n:
+                continue
+            yield from self._solve(self._list_tasks(items, [ports[j] for j in choice], g, rest))
+
+    def _may_take(self, item: OpPattern | TensorPattern, port: Port) -> bool:
+        if isinstance(item, TensorPattern):
+            return self._tensor_failure(item, port) is None
+        if item.is_optional:
+            return True
+        bound = self.bind.get(item)
+        if bound is not None:
+            return bound == port.node
+        return port.node not in self.used and item.local_failure(self.index.node(port.node)) is None
+
+    @staticmethod
+    def _list_tasks(
+        items: list[OpPattern | TensorPattern], ports: list[Port], g: str, rest: _Tasks
+    ) -> _Tasks:
+        tasks = rest
+        for item, port in zip(reversed(items), reversed(ports)):
+            if isinstance(item, TensorPattern):
+                tasks = (("tensor", item, port), tasks)
+            else:
+                tasks = (("bind", item, [port.node], g, False), tasks)
+        return tasks
+
+    def _expand_each(self, p: OpPattern, g: str, rest: _Tasks) -> Iterator[Match]:
+        assert p.each is not None
+        ports = self.index.producers(g)
+        spec = p.each
+        if len(ports) < spec.min or (spec.max is not None and len(ports) > spec.max):
+            self._fail(
+                f"node {g!r} has {len(ports)} input(s); each() on {p.label()} wants between {spec.min} and "
+                f"{spec.max if spec.max is not None else 'any number'}"
+            )
+            return
+        item = spec.item
+        if isinstance(item, TensorPattern):
+            for port in ports:
+                reason = self._tensor_failure(item, port)
+                if reason is not None:
+                    self._fail(f"input {_port_text(port)} of {g!r}: {reason}")
+                    return
+            yield from self._solve(rest)
+            return
+        added: list[str] = []
+        ok = True
+        for port in ports:
+            owner = self.used.get(port.node, False)
+            if owner is None:  # already a variadic input (a repeated tensor)
+                continue
+            if owner is not False:
+                self._fail(f"input {port.node!r} of {g!r} is already matched as {owner.label()}")
+                ok = False
+                break
+            reason = item.local_failure(self.index.node(port.node))
+            if reason is not None:
+                self._fail(f"input {port.node!r} of {g!r} does not fit each({item.describe()}): {reason}")
+                ok = False
+                break
+            self.used[port.node] = None
+            added.append(port.node)
+        if ok:
+            self.extras.extend(added)
+            self.edges.extend((name, g) for name in added)
+            yield from self._solve(rest)
+            del self.edges[len(self.edges) - len(added) :]
+            del self.extras[len(self.extras) - len(added) :]
+        for name in added:
+            del self.used[name]
+
+    def _tensor_failure(self, item: TensorPattern, port: Port) -> str | None:
+        bound = self.tensors.get(item)
+        if bound is not None and bound != port:
+            here = _port_text(port)
+            return f"tensor {item.describe()} is already {_port_text(bound)}, here it would be {here}"
+        if item.constraint is not None:
+            specs = self.index.node(port.node).output_specs
+            if port.index < len(specs):
+                reason = item.constraint.failure(specs[port.index])
+                if reason is not None:
+                    return f"tensor {item.describe()}: {reason.replace('output 0', 'the tensor')}"
+        return None
+
+    def _tensor(self, item: TensorPattern, port: Port, rest: _Tasks) -> Iterator[Match]:
+        reason = self._tensor_failure(item, port)
+        if reason is not None:
+            self._fail(reason)
+            return
+        fresh = item not in self.tensors
+        if fresh:
+            self.tensors[item] = port
+        yield from self._solve(rest)
+        if fresh:
+            del self.tensors[item]
+
+    def _sink(self, sink: OpPattern, rest: _Tasks) -> Iterator[Match]:
+        if sink in self.bind and sink in self.expanded:
+            yield from self._solve(rest)
+            return
+        if sink in self.bind:  # prebound (explain): reach it through a bind task
+            yield from self._bind(sink, [self.bind[sink]], None, True, rest)
+            return
+        candidates = self._forward_candidates(sink)
+        yield from self._bind(sink, candidates, None, True, rest)
+
+    def _forward_candidates(self, sink: OpPattern) -> list[str]:
+        """Candidates for a sink not yet bound: walk forward from a bound ancestor, else the op index."""
+        parents: dict[OpPattern, OpPattern | None] = {sink: None}
+        queue = [sink]
+        start: OpPattern | None = None
+        while queue and start is None:
+            nxt: list[OpPattern] = []
+            for q in queue:
+                if q.input_mode == "each":
+                    continue
+                for item in q.inputs:
+                    if not isinstance(item, OpPattern) or item.is_optional or item in parents:
+                        continue
+                    parents[item] = q
+                    if item in self.bind:
+                        start = item
+                        break
+                    nxt.append(item)
+                if start is not None:
+                    break
+            queue = nxt
+        if start is None:
+            return self.index.candidates(sink)
+        path: list[OpPattern] = []
+        step = parents[start]
+        while step is not None:
+            path.append(step)
+            step = parents[step]
+        frontier = [self.bind[start]]
+        reached: list[str] = [f"{self.bind[start]!r} as {start.label()}"]
+        for q in path:
+            seen: dict[str, None] = {}
+            rejected: list[str] = []
+            for g in frontier:
+                for c in self.index.consumer_nodes(g):
+                    if c in seen:
+                        continue
+                    reason = q.local_failure(self.index.node(c))
+                    if reason is None:
+                        seen[c] = None
+                    elif len(rejected) < 4:
+                        rejected.append(f"{c!r}: {reason}")
+            if not seen:
+                tried = "; ".join(rejected) if rejected else "there are none"
+                self._fail(
+                    f"walking forward from {', then '.join(reached)}, no consumer can be {q.label()} "
+                    f"({tried})"
+                )
+                return []
+            frontier = list(seen)
+            reached.append(f"{', '.join(map(repr, frontier[:3]))} as {q.label()}")
+        order = self.index.topo_index
+        return sorted(frontier, key=order.__getitem__)
+
+    def _complete(self) -> Iterator[Match]:
+        sink_nodes = tuple(dict.fromkeys(self.bind[s] for s in self.sinks))
+        nodes = frozenset(itertools.chain(self.bind.values(), self.extras))
+        match = Match(
+            self.index,
+            self.pattern,
+            dict(self.bind),
+            dict(self.tensors),
+            tuple(self.extras),
+            sink_nodes,
+            (nodes, frozenset(self.edges)),
+        )
+        where = self.pattern.where
+        if where is not None:
+            try:
+                ok = bool(where(match))
+            except Exception as exc:
+                raise PatternError(
+                    f"The where= predicate of pattern {self.pattern} raised {type(exc).__name__}: {exc} "
+                    f"(on {match!r}). Use match.get(name) for optional nodes."
+                ) from exc
+            if not ok:
+                self._fail(f"the where= predicate rejected the match {match!r}")
+                return
+        yield match
+
+
+def _item_label(item: OpPattern | TensorPattern) -> str:
+    return item.label() if isinstance(item, OpPattern) else item.describe()
+
+
+def _port_text(port: Port) -> str:
+    return repr(port.node) if port.index == 0 else f"{port.node!r}[{port.index}]"
+
+
+# ------------------------------------------------------------------------------------ variants
+
+
+@dataclasses.dataclass
+class _Variant:
+    present: dict[OpPattern, bool]  # for each optional sink
+    sinks: list[OpPattern]  # effective sinks (pass-through inputs replace absent optional sinks)
+    absent: set[OpPattern]
+    dropped: list[tuple[OpPattern, OpPattern | None]]  # absent optional sinks and their pass-through input
+
+
+def _make_variant(pattern: Pattern, present: dict[OpPattern, bool]) -> _Variant:
+    sinks: list[OpPattern] = []
+    absent: set[OpPattern] = set()
+    dropped: list[tuple[OpPattern, OpPattern | None]] = []
+    for s in pattern.sinks:
+        if present.get(s, True):
+            if s not in sinks:
+                sinks.append(s)
+            continue
+        absent.add(s)
+        ins = s.inputs
+        through = ins[0] if ins and isinstance(ins[0], OpPattern) else None
+        dropped.append((s, through))
+        if through is not None and through not in sinks:
+            sinks.append(through)
+    return _Variant(dict(present), sinks, absent, dropped)
+
+
+def _variants(pattern: Pattern) -> list[_Variant]:
+    """All-present first, then every combination of absent optional sinks."""
+    optional = [s for s in pattern.sinks if s.is_optional]
+    variants = []
+    for flags in itertools.product((True, False), repeat=len(optional)):
+        variant = _make_variant(pattern, dict(zip(optional, flags)))
+        if variant.sinks:
+            variants.append(variant)
+    return variants
+
+
+def _is_preempted(index: _GraphIndex, pattern: Pattern, variant: _Variant, match: Match) -> bool:
+    """Greedy optional sinks: is there a match with a dropped sink present at the same place?"""
+    for sink, through in variant.dropped:
+        if through is None or through not in match.bindings:
+            continue
+        at = match.bindings[through]
+        present = _make_variant(pattern, {**variant.present, sink: True})
+        search = _Search(index, pattern, present.sinks, present.absent, prebound={through: at})
+        first = present.sinks[0]
+        if first is sink:
+            candidates: list[str] | None = index.consumer_nodes(at)
+        elif first in match.bindings:
+            candidates = [match.bindings[first]]
+        else:
+            candidates = None
+        if next(iter(search.run(candidates)), None) is not None:
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def _as_graph(model_or_graph: Any) -> Graph:
+    if isinstance(model_or_graph, Graph):
+        return model_or_graph
+    from rewriter.lift import lift
+
+    return lift(model_or_graph)
+
+
+def find(model_or_graph: Any, pattern: PatternLike, *, anchors: Iterable[str] | None = None) -> list[Match]:
+    """Every match of ``pattern`` in a model or graph, in topological order of their anchors.
+
+    Args:
+        model_or_graph: A `rewriter.Graph`, or a Keras model (lifted first; the model is not changed).
+        pattern: A `Pattern`, an `OpPattern` (one sink), pattern text, or a function (by example).
+        anchors: Restrict the graph nodes the pattern's first sink may bind (unknown names are ignored);
+            the rewrite engine passes the region around a change to resume without rescanning.
+
+    Returns:
+        The matches, de-duplicated (see the module docstring), whether or not interior outputs escape.
+
+    Raises:
+        PatternError: The pattern is malformed, or its ``where=`` predicate raised.
+
+    Example:
+        >>> matches = rewriter.find(model, op("Conv2D") >> op("BatchNormalization"))  # doctest: +SKIP
+        >>> [m.nodes for m in matches]  # doctest: +SKIP
+        [['conv1', 'bn1'], ['conv2', 'bn2']]
+    """
+    pat = as_pattern(pattern)
+    graph = _as_graph(model_or_graph)
+    index = _GraphIndex(graph)
+    anchor_set = None if anchors is None else {a for a in anchors if a in index}
+    found: list[Match] = []
+    seen: set[Any] = set()
+    for variant in _variants(pat):
+        first = variant.sinks[0]
+        if anchor_set is None:
+            candidates = index.candidates(first)
+        else:
+            candidates = sorted(anchor_set, key=index.topo_index.__getitem__)
+        search = _Search(index, pat, variant.sinks, variant.absent)
+        for match in search.run(candidates):
+            if match._key in seen:
+                continue
+            if variant.dropped and _is_preempted(index, pat, variant, match):
+                continue
+            seen.add(match._key)
+            found.append(match)
+    order = index.topo_index
+    found.sort(key=lambda m: order[m.anchor])
+    return found
+
+
+def _resolve_at(graph: Graph, at: Any) -> str:
+    if isinstance(at, Node):
+        at = at.name
+    if not isinstance(at, str):
+        calls = [n.name for n in graph.topological() if n.layer is at]
+        if calls:
+            return calls[0]
+        raise MatchError(
+            f"explain(at=...): {at!r} is not a node, node name or layer of graph {graph.name!r}."
+        )
+    if at in graph:
+        return at
+    calls = [n.name for n in graph.topological() if n.layer_name == at]
+    if calls:
+        return calls[0]
+    close = difflib.get_close_matches(at, list(graph.nx.nodes), n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise MatchError(
+        f"explain(at={at!r}): graph {graph.name!r} has no node or layer named {at!r}.{hint} "
+        "Pass a node name from graph.summary() or a layer name."
+    )
+
+
+def _describe_bindings(bindings: dict[OpPattern, str], index: _GraphIndex, pattern: Pattern) -> str:
+    if not bindings:
+        return "nothing"
+    rank = {p: i for i, p in enumerate(pattern.nodes)}
+    ordered = sorted(bindings.items(), key=lambda item: rank.get(item[0], 0))
+    return ", ".join(f"{p.label()} = {g!r} ({index.op_type(g)})" for p, g in ordered)
+
+
+def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
+    """Why ``pattern`` does (not) match at ``at``: the deepest partial match and the first failed constraint.
+
+    The node is tried as the pattern's anchor (first sink) and as every other pattern node it fits.
+
+    Args:
+        model_or_graph: A `rewriter.Graph` or a Keras model.
+        pattern: Anything `find` accepts.
+        at: A node name, a layer name (its first call), a `rewriter.Node`, or a Keras layer object.
+
+    Returns:
+        One readable paragraph.
+
+    Raises:
+        MatchError: ``at`` is not in the graph.
+
+    Example:
+        >>> print(rewriter.explain(model, "Conv2D -> BatchNormalization -> ReLU", at="bn1"))  # doctest: +SKIP
+        Pattern "Conv2D -> BatchNormalization -> ReLU" does not match with node 'bn1' (BatchNormalization) in
+        it. Deepest partial match (2 of 3 pattern nodes): ReLU = 'act' (Activation) ... First failed
+        constraint: node 'act' cannot be ReLU: its op is Activation, wanted ReLU.
+    """
+    pat = as_pattern(pattern)
+    graph = _as_graph(model_or_graph)
+    name = _resolve_at(graph, at)
+    index = _GraphIndex(graph)
+    head = f'Pattern "{pat}"'
+    node_text = f"node {name!r} ({index.op_type(name)})"
+    containing = [m for m in find(graph, pat) if name in m._key[0]]
+    if containing:
+        m = containing[0]
+        role = next((p.label() for p, g in m.bindings.items() if g == name), "a variadic input")
+        more = f" ({len(containing)} matches contain it)" if len(containing) > 1 else ""
+        return (
+            f"{head} matches with {node_text} as {role}{more}: the match anchored at {m.anchor!r} binds "
+            f"{_describe_bindings(m.bindings, index, pat)}."
+        )
+    best: _Failure | None = None
+    best_role = ""
+    node = index.node(name)
+    roles = [p for p in pat.nodes if p.local_failure(node) is None]
+    anchor_reason = pat.anchor.local_failure(node)
+    for variant in _variants(pat):
+        tries: list[tuple[OpPattern, dict[OpPattern, str] | None, list[str] | None]] = []
+        tries.append((variant.sinks[0], None, [name]))
+        tries.extend(
+            (p, {p: name}, None) for p in roles if p is not variant.sinks[0] and p not in variant.absent
+        )
+        for role, prebound, candidates in tries:
+            search = _Search(index, pat, variant.sinks, variant.absent, prebound=prebound, record=True)
+            for _ in search.run(candidates):
+                break
+            failure = search.failure
+            if failure is not None and (best is None or failure.depth > best.depth):
+                best, best_role = failure, role.label()
+    total = len(pat.nodes)
+    if best is None:
+        return (
+            f"{head} does not match with {node_text} in it, and no partial match was found "
+            f"(as the anchor {pat.anchor.label()}: {anchor_reason or 'no further constraint failed'})."
+        )
+    return (
+        f"{head} does not match with {node_text} in it. Deepest partial match ({best.depth} of {total} "
+        f"pattern nodes, trying {name!r} as {best_role}): {_describe_bindings(best.bindings, index, pat)}. "
+        f"First failed constraint there: {best.reason}."
+    )
