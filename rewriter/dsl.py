@@ -39,22 +39,38 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from rewriter.errors import PatternError
+from rewriter.pattern import (
+    Equals,
+    OpPattern,
+    Pattern,
+    TensorPattern,
+    any_op,
+    anything,
+    each,
+    known_op_names,
+    one_of,
+    op,
+    tensor,
+)
 
 __all__ = [
     "ChainSyntax",
     "ConstraintSyntax",
+    "EachSyntax",
     "GroupSyntax",
     "NodeSyntax",
     "OpSyntax",
     "PatternSyntax",
+    "TensorSyntax",
     "parse_pattern",
     "parse_syntax",
 ]
@@ -65,12 +81,15 @@ _GRAMMAR = r"""
 program: [chain (_SEP chain)*]
 
 chain: element (_ARROW element)*
-?element: node | group
+?element: node | group | each_inputs
 
 group: "[" [group_item ("," group_item)* [","]] "]"
-?group_item: chain | ELLIPSIS
+?group_item: chain | tensor | ELLIPSIS
+tensor: TENSOR_NAME | STAR
+each_inputs: EACH "(" each_item ("," argument)* [","] ")"
+?each_item: alternatives | tensor
 
-node: [NAME ":"] alternatives [QMARK]
+node: [NAME ":"] alternatives [output_block] [QMARK]
 alternatives: alternative ("|" alternative)*
 ?alternative: op | "(" alternatives ")"
 op: dotted_name [arguments]
@@ -78,10 +97,12 @@ dotted_name: NAME ("." NAME)*
 arguments: "(" [argument ("," argument)* [","]] ")"
 argument: NAME "=" value    -> equals
         | NAME _IN value    -> one_of
+output_block: "{" op ("," op)* [","] "}"
 
 ?value: NUMBER              -> number
       | STRING              -> string
       | NAME                -> constant
+      | NAME "(" [value ("," value)* [","]] ")" -> call
       | "(" [value (COMMA value)* [COMMA]] ")" -> parenthesized
       | "[" [value ("," value)* [","]] "]"    -> list
       | "{" [pair ("," pair)* [","]] "}"      -> dict
@@ -89,9 +110,12 @@ pair: value ":" value
 
 _ARROW: "->"
 _IN.2: /in(?![A-Za-z0-9_])/
+EACH.2: /each(?=[ \t]*\()/
 QMARK: "?"
+STAR: "*"
 COMMA: ","
 ELLIPSIS: "..."
+TENSOR_NAME: /\$[A-Za-z_][A-Za-z0-9_]*/
 NAME: /[A-Za-z_][A-Za-z0-9_]*/
 NUMBER: /[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?/
 STRING: /"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'/
@@ -229,6 +253,7 @@ class NodeSyntax:
         optional: Whether ``?`` follows the node.
         line: Line where the node starts (1-based).
         column: Column where the node starts (1-based).
+        outputs: Output constraints ``{output(rank=4), ...}``, each as an `OpSyntax` named ``output``.
     """
 
     capture: str | None
@@ -236,11 +261,12 @@ class NodeSyntax:
     optional: bool
     line: int
     column: int
+    outputs: tuple[OpSyntax, ...] = ()
 
     @property
     def bare_name(self) -> str | None:
         """The name if the node is one identifier alone (``x`` or ``Conv2D``), else ``None``."""
-        if self.capture is None and len(self.alternatives) == 1:
+        if self.capture is None and len(self.alternatives) == 1 and not self.optional and not self.outputs:
             op = self.alternatives[0]
             if not op.has_arguments and "." not in op.name and op.name != "_":
                 return op.name
@@ -248,17 +274,51 @@ class NodeSyntax:
 
 
 @dataclasses.dataclass(frozen=True)
+class TensorSyntax:
+    """A boundary tensor in an input list: ``$x`` (named: the same tensor wherever it appears) or ``*``.
+
+    Attributes:
+        name: The name without ``$``, or ``None`` for ``*``.
+        line: Line (1-based).
+        column: Column (1-based).
+    """
+
+    name: str | None
+    line: int
+    column: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EachSyntax:
+    """Variadic inputs ``each(Conv2D, min=2)``: every input matches the item.
+
+    Attributes:
+        item: The op alternatives every producer must match, or a `TensorSyntax` (any inputs).
+        minimum: Least number of inputs.
+        maximum: Largest number of inputs, or ``None``.
+        line: Line (1-based).
+        column: Column (1-based).
+    """
+
+    item: tuple[OpSyntax, ...] | TensorSyntax
+    minimum: int
+    maximum: int | None
+    line: int
+    column: int
+
+
+@dataclasses.dataclass(frozen=True)
 class GroupSyntax:
     """A bracketed input list ``[P, Q, ...]``: the complete inputs of the node that follows.
 
     Attributes:
-        items: One chain per input, in order.
+        items: One chain (or boundary tensor) per input, in order.
         open_ended: Whether the list ends with ``...`` (more inputs may follow).
         line: Line of ``[`` (1-based).
         column: Column of ``[`` (1-based).
     """
 
-    items: tuple[ChainSyntax, ...]
+    items: tuple[ChainSyntax | TensorSyntax, ...]
     open_ended: bool
     line: int
     column: int
@@ -274,7 +334,7 @@ class ChainSyntax:
         column: Column where the chain starts (1-based).
     """
 
-    elements: tuple[NodeSyntax | GroupSyntax, ...]
+    elements: tuple[NodeSyntax | GroupSyntax | EachSyntax, ...]
     line: int
     column: int
 
@@ -348,6 +408,27 @@ def _decode_number(token: Token) -> int | float:
 
 _CONSTANTS: dict[str, Any] = {"None": None, "True": True, "False": False}
 _ANY = object()  # the value ``_`` inside arguments
+_OUTPUT_KEYS = ("index", "rank", "shape", "dtype")
+
+
+class _Literal:
+    """A parsed literal value (wrapped so that the literal ``None`` is not taken for an absent optional)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _unwrap(item: Any) -> Any:
+    return item.value if isinstance(item, _Literal) else item
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneOfValue:
+    """The value ``one_of(a, b)`` (only valid as a whole constraint value)."""
+
+    values: tuple[Any, ...]
 
 
 @v_args(meta=True)
@@ -370,17 +451,66 @@ class _ToSyntax(Transformer):
                         "'...' may only be the last item of an input list", item.line, item.column
                     )
                 open_ended = True
-        chains = tuple(i for i in items if isinstance(i, ChainSyntax))
+        chains = tuple(i for i in items if isinstance(i, (ChainSyntax, TensorSyntax)))
         return GroupSyntax(chains, open_ended, meta.line, meta.column)
 
+    def tensor(self, meta: Any, children: list[Token]) -> TensorSyntax:
+        token = children[0]
+        name = token.value[1:] if token.type == "TENSOR_NAME" else None
+        return TensorSyntax(name, token.line, token.column)
+
+    def each_inputs(self, meta: Any, children: list[Any]) -> EachSyntax:
+        _, item, *rest = _items(children)
+        bounds = {"min": 1, "max": None}
+        for constraint in rest:
+            if constraint.key not in bounds or constraint.kind != "equals":
+                raise _SyntaxError(
+                    f"each(...) takes only min= and max= after the item; got {constraint.key!r}",
+                    constraint.line,
+                    constraint.column,
+                )
+            value = constraint.value
+            if not (value is None and constraint.key == "max") and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ):
+                raise _SyntaxError(
+                    f"each(..., {constraint.key}=...) needs a count (an int >= 0), got {value!r}",
+                    constraint.line,
+                    constraint.column,
+                )
+            bounds[constraint.key] = value
+        if isinstance(item, list):
+            item = tuple(item)
+        return EachSyntax(item, bounds["min"], bounds["max"], meta.line, meta.column)
+
+    def output_block(self, meta: Any, children: list[Any]) -> list[OpSyntax]:
+        outputs = _items(children)
+        for output in outputs:
+            if output.name != "output":
+                raise _SyntaxError(
+                    f"Inside {{...}} after a node, write output(rank=..., shape=..., dtype=..., index=...); "
+                    f"got {output.name!r}",
+                    output.line,
+                    output.column,
+                )
+            for constraint in output.constraints:
+                if constraint.key not in _OUTPUT_KEYS:
+                    raise _SyntaxError(
+                        f"output(...) constrains only {', '.join(_OUTPUT_KEYS)}; got {constraint.key!r}",
+                        constraint.line,
+                        constraint.column,
+                    )
+        return outputs
+
     def node(self, meta: Any, children: list[Any]) -> NodeSyntax:
-        capture, alternatives, qmark = children
+        capture, alternatives, outputs, qmark = children
         return NodeSyntax(
             capture=None if capture is None else str(capture),
             alternatives=tuple(alternatives),
             optional=qmark is not None,
             line=meta.line,
             column=meta.column,
+            outputs=tuple(outputs or ()),
         )
 
     def alternatives(self, meta: Any, children: list[Any]) -> list[OpSyntax]:
@@ -414,13 +544,15 @@ class _ToSyntax(Transformer):
         return constraints
 
     def equals(self, meta: Any, children: list[Any]) -> ConstraintSyntax:
-        key, value = children
+        key, value = children[0], _unwrap(children[1])
         if value is _ANY:
             return ConstraintSyntax(str(key), "any", None, key.line, key.column)
+        if isinstance(value, _OneOfValue):
+            return ConstraintSyntax(str(key), "one_of", value.values, key.line, key.column)
         return ConstraintSyntax(str(key), "equals", value, key.line, key.column)
 
     def one_of(self, meta: Any, children: list[Any]) -> ConstraintSyntax:
-        key, value = children
+        key, value = children[0], _unwrap(children[1])
         if not isinstance(value, (list, tuple)) or _ANY in value:
             raise _SyntaxError(
                 f"'{key} in ...' needs a list or tuple of candidate values, e.g. {key} in ['same', 'valid']",
@@ -431,18 +563,18 @@ class _ToSyntax(Transformer):
 
     # ----------------------------------------------------------------- literals
 
-    def number(self, meta: Any, children: list[Token]) -> int | float:
-        return _decode_number(children[0])
+    def number(self, meta: Any, children: list[Token]) -> _Literal:
+        return _Literal(_decode_number(children[0]))
 
-    def string(self, meta: Any, children: list[Token]) -> str:
-        return _decode_string(children[0])
+    def string(self, meta: Any, children: list[Token]) -> _Literal:
+        return _Literal(_decode_string(children[0]))
 
     def constant(self, meta: Any, children: list[Token]) -> Any:
         token = children[0]
         if token.value == "_":
             return _ANY
         if token.value in _CONSTANTS:
-            return _CONSTANTS[token.value]
+            return _Literal(_CONSTANTS[token.value])
         raise _SyntaxError(
             f"Unknown value {token.value!r}: values are literals (numbers, strings, tuples, lists, dicts, "
             f"None, True, False) or _ for anything; write strings in quotes, e.g. {token.value!r}",
@@ -450,35 +582,56 @@ class _ToSyntax(Transformer):
             token.column,
         )
 
+    def call(self, meta: Any, children: list[Any]) -> Any:
+        function, *wrapped = _items(children)
+        self._no_any(wrapped, meta)
+        arguments = [_unwrap(a) for a in wrapped]
+        if function.value == "one_of" and arguments:
+            return _OneOfValue(tuple(arguments))
+        if function.value == "anything" and not arguments:
+            return _ANY
+        raise _SyntaxError(
+            f"Unknown value {function.value}(...): the only calls allowed as values are one_of(a, b, ...) "
+            "and anything()",
+            function.line,
+            function.column,
+        )
+
     def parenthesized(self, meta: Any, children: list[Any]) -> Any:
         values = _items(children)
         commas = sum(1 for c in children if isinstance(c, Token) and c.type == "COMMA")
-        self._no_any(values, meta)
         if len(values) == 1 and commas == 0:
             return values[0]
-        return tuple(values)
+        self._no_any(values, meta)
+        return _Literal(tuple(_unwrap(v) for v in values))
 
-    def list(self, meta: Any, children: list[Any]) -> list[Any]:
+    def list(self, meta: Any, children: list[Any]) -> _Literal:
         values = _items(children)
         self._no_any(values, meta)
-        return values
+        return _Literal([_unwrap(v) for v in values])
 
-    def dict(self, meta: Any, children: list[Any]) -> dict[Any, Any]:
+    def dict(self, meta: Any, children: list[Any]) -> _Literal:
         pairs = _items(children)
         out: dict[Any, Any] = {}
         for key, value in pairs:
-            self._no_any([value], meta)
+            self._no_any([key, value], meta)
             try:
-                out[key] = value
+                out[_unwrap(key)] = _unwrap(value)
             except TypeError:
-                raise _SyntaxError(f"Dict key {key!r} is not hashable", meta.line, meta.column) from None
-        return out
+                raise _SyntaxError(
+                    f"Dict key {_unwrap(key)!r} is not hashable", meta.line, meta.column
+                ) from None
+        return _Literal(out)
 
     def pair(self, meta: Any, children: list[Any]) -> tuple[Any, Any]:
         return children[0], children[1]
 
     @staticmethod
     def _no_any(values: list[Any], meta: Any) -> None:
+        if any(isinstance(v, _OneOfValue) for v in values):
+            raise _SyntaxError(
+                "one_of(...) may only stand alone as a value: key=one_of(a, b)", meta.line, meta.column
+            )
         if any(v is _ANY for v in values):
             raise _SyntaxError(
                 "'_' (anything) may only stand alone as a value: key=_", meta.line, meta.column
@@ -525,7 +678,9 @@ def _caret(text: str, line: int, column: int) -> str:
     return f"    {source}\n    {' ' * max(column - 1, 0)}^"
 
 
-def syntax_error(text: str, message: str, line: int, column: int) -> PatternError:
+def syntax_error(
+    text: str, message: str, line: int, column: int, *, kind: str = "Pattern syntax error"
+) -> PatternError:
     """A `PatternError` pointing at ``line``/``column`` of ``text`` with a caret under the spot.
 
     Args:
@@ -533,6 +688,7 @@ def syntax_error(text: str, message: str, line: int, column: int) -> PatternErro
         message: What is wrong (and what to do).
         line: 1-based line.
         column: 1-based column.
+        kind: The message's first words.
 
     Returns:
         The error (to raise).
@@ -543,9 +699,7 @@ def syntax_error(text: str, message: str, line: int, column: int) -> PatternErro
             Conv2D ->
                      ^
     """
-    error = PatternError(
-        f"Pattern syntax error at line {line}, column {column}: {message}\n{_caret(text, line, column)}"
-    )
+    error = PatternError(f"{kind} at line {line}, column {column}: {message}\n{_caret(text, line, column)}")
     error.line = line  # type: ignore[attr-defined]
     error.column = column  # type: ignore[attr-defined]
     return error
@@ -658,6 +812,243 @@ def parse_syntax(text: str) -> PatternSyntax:
     return PatternSyntax(tuple(chains), text)
 
 
-def parse_pattern(text: str) -> Any:
-    """Parse pattern ``text`` into a `rewriter.Pattern` (see the module docstring for the language)."""
-    raise NotImplementedError
+# ------------------------------------------------------------------------------------------- builder
+
+
+def parse_pattern(
+    text: str, *, where: Callable[[Any], Any] | None = None, name: str | None = None
+) -> Pattern:
+    """Parse pattern ``text`` (see the module docstring for the language) into a `rewriter.Pattern`.
+
+    The result equals the pattern written with the Python DSL (`rewriter.op`, ``>>``, ``|``...): text
+    ``c:Conv2D(padding="same") -> BatchNormalization`` builds
+    ``op("Conv2D", padding="same").named("c") >> op("BatchNormalization")``. The pattern's sinks are the
+    nodes that feed no other node, in the order they appear; the first is the anchor.
+
+    Args:
+        text: The pattern text.
+        where: Optional whole-match predicate (taking the `rewriter.Match`).
+        name: Optional pattern name (used in messages).
+
+    Returns:
+        The pattern.
+
+    Raises:
+        PatternError: A syntax error or an unknown class name, with the line, the column and the
+            offending line with a caret; unknown names come with the closest known names.
+
+    Example:
+        >>> pattern = parse_pattern("x:Conv2D; y:Conv2D; [x, y] -> Concatenate")
+        >>> pattern.capture_names
+        ['x', 'y']
+        >>> str(parse_pattern("Conv2D -> BatchNormalization"))
+        'Conv2D -> BatchNormalization'
+    """
+    syntax = parse_syntax(text)
+    return _Builder(syntax).build(where=where, name=name)
+
+
+def _walk_nodes(syntax: PatternSyntax) -> Iterator[NodeSyntax]:
+    """Every `NodeSyntax` of the text, in reading order (an explicit stack, no recursion)."""
+    stack: list[Any] = list(reversed(syntax.chains))
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ChainSyntax):
+            stack.extend(reversed(item.elements))
+        elif isinstance(item, GroupSyntax):
+            stack.extend(reversed(item.items))
+        elif isinstance(item, NodeSyntax):
+            yield item
+
+
+class _Builder:
+    """Turns a `PatternSyntax` into pattern objects, keeping source positions for error messages."""
+
+    def __init__(self, syntax: PatternSyntax) -> None:
+        self.syntax = syntax
+        self.text = syntax.text
+        self.definitions: dict[str, NodeSyntax] = {}
+        self.captured: dict[str, OpPattern] = {}
+        self.tensors: dict[str, TensorPattern] = {}
+        self.order: list[OpPattern] = []  # every pattern node, in order of appearance
+        self.consumed: set[int] = set()  # uids of nodes that feed another node
+
+    def error(self, message: str, line: int, column: int) -> PatternError:
+        return syntax_error(self.text, message, line, column, kind="Pattern error")
+
+    def build(self, *, where: Callable[[Any], Any] | None, name: str | None) -> Pattern:
+        for node in _walk_nodes(self.syntax):
+            if node.capture is None:
+                continue
+            if node.capture in self.definitions:
+                first = self.definitions[node.capture]
+                raise self.error(
+                    f"Capture {node.capture!r} is defined twice (first at line {first.line}, column "
+                    f"{first.column}). To refer to the same node again, write its name alone: {node.capture}",
+                    node.line,
+                    node.column,
+                )
+            self.definitions[node.capture] = node
+        for chain in self.syntax.chains:
+            self._chain(chain)
+        sinks = [n for n in self.order if n.uid not in self.consumed]
+        try:
+            return Pattern(*sinks, where=where, name=name)
+        except PatternError as error:
+            first = self.syntax.chains[0]
+            raise self.error(str(error), first.line, first.column) from None
+
+    # ------------------------------------------------------------------ chains
+
+    def _chain(self, chain: ChainSyntax) -> OpPattern:
+        """Connect the chain's elements; return its last node."""
+        previous: Any = None
+        for position, element in enumerate(chain.elements):
+            if isinstance(element, GroupSyntax):
+                if position == len(chain.elements) - 1:
+                    raise self.error(
+                        "An input list must feed a node: write '[P, Q] -> Node'", element.line, element.column
+                    )
+                if previous is not None:
+                    raise self.error(
+                        "An input list cannot follow '->': it lists the complete inputs of the node "
+                        "after it, as in '[P, Q] -> Add'",
+                        element.line,
+                        element.column,
+                    )
+                previous = element
+                continue
+            if isinstance(element, EachSyntax):
+                if position == len(chain.elements) - 1 or previous is not None:
+                    raise self.error(
+                        "each(...) describes the inputs of the node after it: "
+                        "write 'each(Conv2D) -> Concatenate'",
+                        element.line,
+                        element.column,
+                    )
+                previous = element
+                continue
+            node = self._node(element)
+            if isinstance(previous, GroupSyntax):
+                self._connect_group(previous, node, element)
+            elif isinstance(previous, EachSyntax):
+                self._connect_each(previous, node, element)
+            elif previous is not None:
+                self._guard(lambda p=previous, n=node: p >> n, element)
+                self.consumed.add(previous.uid)
+            previous = node
+        return previous
+
+    def _connect_group(self, group: GroupSyntax, node: OpPattern, where: NodeSyntax) -> None:
+        items: list[Any] = []
+        for item in group.items:
+            if isinstance(item, TensorSyntax):
+                items.append(self._tensor(item))
+            else:
+                producer = self._chain(item)
+                self.consumed.add(producer.uid)
+                items.append(producer)
+        if group.open_ended:
+            items.append(...)
+        self._guard(lambda: node.set_inputs(items), where)
+
+    def _connect_each(self, spec: EachSyntax, node: OpPattern, where: NodeSyntax) -> None:
+        if isinstance(spec.item, TensorSyntax):
+            if spec.item.name is not None:
+                raise self.error(
+                    "each($name): the inputs are different tensors, so the item must be '*'",
+                    spec.item.line,
+                    spec.item.column,
+                )
+            item: Any = tensor()
+        else:
+            item = self._alternatives(spec.item)
+        variadic = self._guard(lambda: each(item, min=spec.minimum, max=spec.maximum), spec)
+        self._guard(lambda: node.set_inputs(variadic), where)
+
+    def _guard(self, action: Callable[[], Any], where: Any) -> Any:
+        try:
+            return action()
+        except PatternError as error:
+            raise self.error(str(error), where.line, where.column) from None
+
+    # ------------------------------------------------------------------ nodes
+
+    def _node(self, syntax: NodeSyntax) -> OpPattern:
+        reference = syntax.bare_name
+        if reference is not None and reference in self.definitions:
+            if self.definitions[reference] is not syntax and reference in self.captured:
+                return self.captured[reference]
+            if self.definitions[reference] is not syntax:
+                # used before its definition: build the definition now, it is the same node
+                return self._node(self.definitions[reference])
+        if syntax.capture is not None and syntax.capture in self.captured:
+            return self.captured[syntax.capture]
+        node = self._alternatives(syntax.alternatives, names=self.definitions)
+        for output in syntax.outputs:
+            arguments = {c.key: _value_constraint(c) for c in output.constraints}
+            self._guard(lambda a=arguments: node.output(**a), output)
+        if syntax.capture is not None:
+            if not syntax.capture.startswith("_"):
+                node.named(syntax.capture)
+            self.captured[syntax.capture] = node
+        if syntax.optional:
+            node.optional()
+        self.order.append(node)
+        return node
+
+    def _alternatives(self, alternatives: tuple[OpSyntax, ...], names: Mapping[str, Any] = ()) -> OpPattern:
+        node: OpPattern | None = None
+        for alternative in alternatives:
+            choice = self._op(alternative, names)
+            node = choice if node is None else node | choice
+        assert node is not None
+        return node
+
+    def _op(self, syntax: OpSyntax, names: Mapping[str, Any]) -> OpPattern:
+        constraints = {c.key: _value_constraint(c) for c in syntax.constraints}
+        if syntax.is_wildcard:
+            return any_op(**constraints)
+        class_name = syntax.name.rsplit(".", 1)[-1]
+        if class_name not in known_op_names():
+            raise self.error(self._unknown(class_name, names), syntax.line, syntax.column)
+        return self._guard(lambda: op(class_name, **constraints), syntax)
+
+    def _unknown(self, name: str, names: Mapping[str, Any]) -> str:
+        captures = sorted(n for n in names if not n.startswith("_"))
+        try:
+            op(name)
+        except PatternError as error:
+            message = str(error)
+        else:  # pragma: no cover - known after a rescan
+            return f"Unknown name {name!r}"
+        close_captures = difflib.get_close_matches(name, captures, n=2, cutoff=0.6)
+        if close_captures:
+            message += f" Or did you mean the capture {' or '.join(repr(c) for c in close_captures)}?"
+        elif captures and name[:1].islower():
+            message += f" (It is not a capture of this pattern either; captures: {', '.join(captures)}.)"
+        return message.rstrip(".")
+
+    def _tensor(self, syntax: TensorSyntax) -> TensorPattern:
+        if syntax.name is None:
+            return tensor()
+        if syntax.name not in self.tensors:
+            self.tensors[syntax.name] = tensor(syntax.name)
+        return self.tensors[syntax.name]
+
+
+def _value_constraint(constraint: ConstraintSyntax) -> Any:
+    if constraint.kind == "any":
+        return anything()
+    if constraint.kind == "one_of":
+        return one_of(*constraint.value)
+    return Equals(constraint.value)
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy alias ``rewriter.dsl.pattern_from_example`` (tracing imports keras; parsing text does not)."""
+    if name == "pattern_from_example":
+        from rewriter.by_example import pattern_from_example
+
+        return pattern_from_example
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
