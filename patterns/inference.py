@@ -294,21 +294,16 @@ MERGE_RESHAPES = Rule(
 )
 
 
-def _check_identity_reshape(match: Any) -> str | None:
-    node = match.node("reshape")
-    if (
-        node.input_specs[0].shape[1:] != node.output_specs[0].shape[1:]
-        or None in node.input_specs[0].shape[1:]
-    ):
-        return f"{node.name!r} changes the shape {node.input_specs[0]} -> {node.output_specs[0]}"
-    return None
+def _keeps_shape(node: Node) -> bool:
+    """Whether a Reshape/Flatten returns its input's (fully known) shape: a no-op."""
+    before, after = node.input_specs[0].shape[1:], node.output_specs[0].shape[1:]
+    return before == after and None not in before
 
 
 REMOVE_IDENTITY_RESHAPE = Rule(
     "remove-identity-reshape",
-    Pattern(op(["Reshape", "Flatten"]).named("reshape")),
+    Pattern(op(["Reshape", "Flatten"]).named("reshape").where(_keeps_shape, "keeps its input's shape")),
     bypass(),
-    check=_check_identity_reshape,
     function_preserving=True,
 )
 
