@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -968,6 +969,27 @@ class Pattern:
                 return n
         raise PatternError(f"The pattern has no node named {name!r}; names: {self.capture_names}.")
 
+    def structure(self) -> tuple[Any, ...]:
+        """A canonical, hashable form: equal for patterns that mean the same, however they were written.
+
+        Feeder order, alternative order and list/tuple spelling of values do not matter; captures, sinks
+        (in order), input lists, flags and constraints do. Predicates compare by identity.
+
+        Example:
+            >>> a = Pattern(op("Conv2D").named("c") >> op("ReLU"))
+            >>> a.structure() == Pattern(op("Conv2D").named("c") >> op("ReLU")).structure()
+            True
+        """
+        return _structure(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pattern):
+            return NotImplemented
+        return self.structure() == other.structure()
+
+    def __hash__(self) -> int:
+        return hash(self.structure())
+
     def __str__(self) -> str:
         return _render(self)
 
@@ -1008,6 +1030,109 @@ def _render(pattern: Pattern) -> str:
         else:
             parts.extend(f"{labels[f.uid]} -> {labels[n.uid]}" for f in n.feeders)
     return "; ".join(parts)
+
+
+def _value_key(value: Any) -> Any:
+    if isinstance(value, Equals):
+        value = value.value
+    elif isinstance(value, OneOf):
+        return ("one_of", tuple(sorted({repr(_normalize(v)) for v in value.values})))
+    elif isinstance(value, Anything):
+        return ("anything",)
+    elif isinstance(value, Predicate):
+        return ("predicate", id(value.fn))
+    elif isinstance(value, ValueConstraint):
+        return ("constraint", repr(value))
+    return ("value", repr(_normalize(value)))
+
+
+def _local_key(node: OpPattern) -> tuple[Any, ...]:
+    """Everything about a node except its inputs (see `Pattern.structure`)."""
+    choices = []
+    for choice in node.choices:
+        kind = (
+            choice.op
+            if choice.op is None or isinstance(choice.op, str)
+            else (f"{choice.op.__module__}.{choice.op.__qualname__}")
+        )
+        config = tuple(sorted((key, _value_key(c)) for key, c in choice.config.items()))
+        choices.append(repr((isinstance(choice.op, type), kind, config)))
+    outputs = sorted(
+        repr((o.index, *(None if v is None else _value_key(v) for v in (o.rank, o.shape, o.dtype))))
+        for o in node.outputs
+    )
+    each_key = None
+    if node.each is not None:
+        item = node.each.item
+        item_key = _local_key(item) if isinstance(item, OpPattern) else _tensor_key(item)
+        each_key = (item_key, node.each.min, node.each.max)
+    return (
+        tuple(sorted(choices)),
+        node.name,
+        node.is_optional,
+        tuple(outputs),
+        tuple(sorted(id(fn) for fn, _ in node.predicates)),
+        node.commutative,
+        node.input_mode,
+        node.open_ended,
+        each_key,
+    )
+
+
+def _tensor_key(item: TensorPattern) -> tuple[Any, ...]:
+    constraint = item.constraint
+    shape = None
+    if constraint is not None:
+        shape = tuple(
+            None if v is None else _value_key(v)
+            for v in (constraint.rank, constraint.shape, constraint.dtype)
+        )
+    return ("tensor", item.name, shape)
+
+
+def _structure(pattern: Pattern) -> tuple[Any, ...]:
+    """See `Pattern.structure`: Merkle signatures order the feeders; nodes are numbered from the sinks."""
+    signature: dict[int, str] = {}
+    for node in pattern.nodes:  # producers first
+        if node.input_mode == "list":
+            ins: Any = tuple(
+                signature[i.uid] if isinstance(i, OpPattern) else repr(_tensor_key(i))
+                for i in node.input_list
+            )
+        else:
+            ins = tuple(sorted(signature[f.uid] for f in node.feeders))
+        signature[node.uid] = hashlib.sha1(repr((_local_key(node), ins)).encode()).hexdigest()
+
+    def ordered_inputs(node: OpPattern) -> list[OpPattern | TensorPattern]:
+        if node.input_mode == "list":
+            return list(node.input_list)
+        if node.input_mode == "each":
+            return []
+        return sorted(node.feeders, key=lambda f: signature[f.uid])
+
+    number: dict[int, int] = {}
+    visit: list[OpPattern | TensorPattern] = []
+    stack: list[OpPattern | TensorPattern] = list(reversed(pattern.sinks))
+    while stack:
+        item = stack.pop()
+        if item.uid in number:
+            continue
+        number[item.uid] = len(visit)
+        visit.append(item)
+        if isinstance(item, OpPattern):
+            stack.extend(reversed(ordered_inputs(item)))
+    rows = []
+    for item in visit:
+        if isinstance(item, TensorPattern):
+            rows.append((number[item.uid], _tensor_key(item)))
+            continue
+        refs = tuple(number[i.uid] for i in ordered_inputs(item))
+        if item.input_mode == "free":
+            refs = tuple(sorted(refs))
+        rows.append((number[item.uid], _local_key(item), refs))
+    sinks = tuple(number[s.uid] for s in pattern.sinks)
+    where = None if pattern.where is None else id(pattern.where)
+    return (tuple(rows), sinks, where)
 
 
 PatternLike = Any
