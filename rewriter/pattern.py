@@ -1015,9 +1015,7 @@ def _render(pattern: Pattern) -> str:
     counter = itertools.count()
     for n in nodes:
         labels[n.uid] = n.name or f"_{next(counter)}"
-    parts = [
-        f"{labels[n.uid]}:{n.describe().split(':', 1)[-1]}" if not n.name else n.describe() for n in nodes
-    ]
+    parts = [n.describe() if n.name else f"{labels[n.uid]}:{n.describe()}" for n in nodes]
     for n in nodes:
         if n.input_mode == "list":
             items = [labels[i.uid] if isinstance(i, OpPattern) else i.describe() for i in n.input_list]
