@@ -222,3 +222,280 @@ def test_empty_text_is_an_error(text: str) -> None:
 def test_non_string_is_an_error() -> None:
     with pytest.raises(PatternError, match="str"):
         parse_syntax(42)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------ building patterns
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+import rewriter  # noqa: E402
+from rewriter import Pattern, any_op, anything, each, one_of, op, parse_pattern, tensor  # noqa: E402
+
+
+def _issue_examples() -> list[tuple[str, Pattern]]:
+    x = op("Conv2D").named("x")
+    y = op("Conv2D").named("y")
+    return [
+        ("Conv2D -> BatchNormalization", Pattern(op("Conv2D") >> op("BatchNormalization"))),
+        (
+            'c:Conv2D(kernel_size=(1, 1), padding="same") -> b:BatchNormalization '
+            '-> a:(ReLU | Activation(activation="relu"))?',
+            Pattern(
+                op("Conv2D", kernel_size=(1, 1), padding="same").named("c")
+                >> op("BatchNormalization").named("b")
+                >> (op("ReLU") | op("Activation", activation="relu")).named("a").optional()
+            ),
+        ),
+        (
+            "[BatchNormalization, Activation] -> Add",
+            Pattern(op("Add", inputs=[op("BatchNormalization"), op("Activation")])),
+        ),
+        (
+            "DepthwiseConv2D -> _ -> Activation",
+            Pattern(op("DepthwiseConv2D") >> any_op() >> op("Activation")),
+        ),
+        ("x:Conv2D; y:Conv2D; [x, y] -> Concatenate", Pattern(op("Concatenate", inputs=[x, y]))),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_issue_examples_equal_python_dsl(index: int) -> None:
+    text, expected = _issue_examples()[index]
+    parsed = parse_pattern(text)
+    assert parsed == expected
+    assert hash(parsed) == hash(expected)
+    assert parsed.capture_names == expected.capture_names
+    assert parsed.structure() == expected.structure()
+
+
+def test_structural_differences_are_not_equal() -> None:
+    base = parse_pattern('c:Conv2D(padding="same") -> ReLU')
+    assert base != parse_pattern('c:Conv2D(padding="valid") -> ReLU')
+    assert base != parse_pattern('d:Conv2D(padding="same") -> ReLU')
+    assert base != parse_pattern('c:Conv2D(padding="same") -> ReLU?')
+    assert base != parse_pattern('c:Conv2D(padding="same") -> ELU')
+    assert base != parse_pattern('c:Conv2D(padding="same"); [c] -> ReLU')  # complete list vs. one input
+    assert parse_pattern("[BatchNormalization, Activation] -> Add") != parse_pattern(
+        "[Activation, BatchNormalization] -> Add"
+    )
+
+
+def test_equal_regardless_of_spelling() -> None:
+    assert parse_pattern("A:(ReLU | ELU)") == parse_pattern("A:(ELU | ReLU)")
+    assert parse_pattern("Conv2D(kernel_size=[3, 3])") == parse_pattern("Conv2D(kernel_size=(3, 3))")
+    assert parse_pattern("a:Conv2D -> _s:Add; b:Dense -> _s") == parse_pattern(
+        "b:Dense -> _t:Add; a:Conv2D -> _t"
+    )
+    multiline = parse_pattern(
+        """
+        c:Conv2D(
+            kernel_size=(1, 1),
+            padding="same",   # comment
+        )
+          -> b:BatchNormalization
+          -> a:(ReLU | Activation(activation="relu"))?
+        """
+    )
+    assert multiline == _issue_examples()[1][1]
+
+
+def test_values_become_the_dsl_constraints() -> None:
+    parsed = parse_pattern("Activation(activation in ['relu', 'relu6'], name=_); Dense(units=one_of(8, 16))")
+    expected_activation = op("Activation", activation=one_of("relu", "relu6"), name=anything())
+    expected_dense = op("Dense", units=one_of(8, 16))
+    assert parsed == Pattern(expected_activation, expected_dense)
+
+
+def test_references_before_definition_and_labels() -> None:
+    parsed = parse_pattern("[x, y] -> Concatenate; x:Conv2D; y:Conv2D")
+    assert parsed == _issue_examples()[4][1]
+    labelled = parse_pattern("_c:Conv2D; [_c, _c] -> Add")  # _-names label without capturing
+    conv = op("Conv2D")
+    assert labelled == Pattern(op("Add", inputs=[conv, conv]))
+    assert labelled.capture_names == []
+
+
+def test_tensors_open_lists_each_and_outputs() -> None:
+    x = tensor("x")
+    assert parse_pattern("[$x, $x] -> Multiply") == Pattern(op("Multiply", inputs=[x, x]))
+    assert parse_pattern("[*, Conv2D, ...] -> Concatenate") == Pattern(
+        op("Concatenate", inputs=[tensor(), op("Conv2D"), ...])
+    )
+    assert parse_pattern("each(Conv2D | Dense, min=2) -> Concatenate") == Pattern(
+        op("Concatenate", inputs=each(op("Conv2D") | op("Dense"), min=2))
+    )
+    assert parse_pattern("c:Conv2D{output(rank=4, shape=(None, None, None, 8))} -> ReLU") == Pattern(
+        op("Conv2D").named("c").output(rank=4, shape=(None, None, None, 8)) >> op("ReLU")
+    )
+
+
+def test_several_sinks_in_order_of_appearance() -> None:
+    parsed = parse_pattern("c:Conv2D -> r:ReLU; c -> b:BatchNormalization")
+    assert [s.name for s in parsed.sinks] == ["r", "b"]
+    assert parsed.anchor.name == "r"
+
+
+def test_dotted_class_names() -> None:
+    assert parse_pattern("keras.layers.Conv2D -> layers.ReLU") == parse_pattern("Conv2D -> ReLU")
+
+
+def test_where_and_name_pass_through() -> None:
+    def check(match: object) -> bool:
+        return True
+
+    parsed = parse_pattern("Conv2D", where=check, name="convs")
+    assert parsed.where is check and parsed.name == "convs"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "c:Conv2D(kernel_size=(1, 1)) -> b:BatchNormalization -> a:(ReLU | Activation(activation='relu'))?",
+        "[BatchNormalization, Activation] -> Add",
+        "x:Conv2D; y:Conv2D; [x, y] -> Concatenate",
+        "[$x, $x, *] -> Multiply",
+        "each(Conv2D, min=2, max=3) -> Concatenate",
+        "c:Conv2D{output(rank=4, dtype='float32')} -> ReLU",
+        "a:Dense(units=one_of(1, 2), use_bias=_, kernel_initializer={'class_name': 'Zeros', 'config': {}})",
+        "a:Conv2D -> _x:Add; b:Dense -> _x",
+        "Dense; Conv2D -> ReLU",
+    ],
+)
+def test_printed_pattern_parses_back_to_an_equal_pattern(text: str) -> None:
+    parsed = parse_pattern(text)
+    assert parse_pattern(str(parsed)) == parsed
+
+
+# ------------------------------------------------------------------------------------ semantic errors
+
+
+def _pattern_error(text: str) -> str:
+    with pytest.raises(PatternError) as caught:
+        parse_pattern(text)
+    return str(caught.value)
+
+
+def test_unknown_class_name_suggests_close_names() -> None:
+    message = _pattern_error("Conv2D -> BatchNormalisation")
+    assert "line 1, column 11" in message
+    assert "'BatchNormalisation'" in message and "'BatchNormalization'" in message
+    assert message.splitlines()[2].index("^") == message.splitlines()[1].index("BatchNormalisation")
+
+
+def test_unknown_class_name_on_a_later_line() -> None:
+    message = _pattern_error("Conv2D -> ReLU\n  Conv2d -> ReLU")
+    assert "line 2, column 3" in message and "'Conv2D'" in message
+
+
+def test_unknown_reference_suggests_capture() -> None:
+    message = _pattern_error("first:Conv2D; second:Conv2D; [first, secnd] -> Concatenate")
+    assert "'secnd'" in message and "'second'" in message
+
+
+def test_unknown_dotted_name() -> None:
+    message = _pattern_error("keras.layers.Conv2E")
+    assert "'Conv2E'" in message and "'Conv2D'" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment", "column"),
+    [
+        ("x:Conv2D; x:Dense", "defined twice", 11),
+        ("[Conv2D, ReLU]", "must feed a node", 1),
+        ("Conv2D -> [ReLU] -> Add", "cannot follow '->'", 11),
+        ("each(Conv2D)", "inputs of the node after it", 1),
+        ("each($x) -> Concatenate", "must be '*'", 6),
+        ("each(Conv2D, mn=2) -> Concatenate", "only min= and max=", 14),
+        ("Conv2D{outputs(rank=4)}", "output(rank=", 8),
+        ("Conv2D{output(size=3)}", "constrains only", 15),
+        ("Conv2D(padding=pick('same'))", "one_of", 16),
+    ],
+)
+def test_structural_errors_have_positions(text: str, fragment: str, column: int) -> None:
+    message = _pattern_error(text)
+    assert fragment in message
+    assert f"line 1, column {column}" in message
+
+
+def test_model_validation_errors_are_pattern_errors() -> None:
+    message = _pattern_error("a:ReLU? -> Dense; a -> Conv2D")
+    assert "Optional node" in message and "line 1" in message
+
+
+def test_text_accepted_wherever_a_pattern_is() -> None:
+    assert rewriter.as_pattern("Conv2D -> ReLU") == parse_pattern("Conv2D -> ReLU")
+
+
+# ------------------------------------------------------------------------------------ matching real models
+
+
+def _conv_bn_model() -> keras.Model:
+    inputs = keras.Input((16, 16, 3))
+    h = layers.Conv2D(8, 1, padding="same", name="c1")(inputs)
+    h = layers.BatchNormalization(name="b1")(h)
+    h = layers.ReLU(name="r1")(h)
+    h = layers.Conv2D(8, 3, padding="same", name="c2")(h)
+    h = layers.BatchNormalization(name="b2")(h)  # no activation after this one
+    skip = layers.Conv2D(8, 1, padding="same", name="c3")(inputs)
+    skip = layers.BatchNormalization(name="b3")(skip)
+    skip = layers.Activation("relu", name="a3")(skip)
+    h = layers.Add(name="add")([h, skip])
+    h = layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = layers.BatchNormalization(name="b4")(h)
+    h = layers.Activation("relu6", name="a4")(h)
+    left = layers.Conv2D(4, 1, name="l")(h)
+    right = layers.Conv2D(4, 1, name="r")(h)
+    out = layers.Concatenate(name="cat")([left, right])
+    return keras.Model(inputs, out)
+
+
+def test_find_with_text_patterns_on_a_real_model() -> None:
+    model = _conv_bn_model()
+    graph = rewriter.lift(model)
+
+    # Independent count: every Conv2D whose output feeds a BatchNormalization.
+    expected = sorted(
+        n.name
+        for n in graph.topological()
+        if n.op_type == "Conv2D"
+        and any(graph.node(u.consumer).op_type == "BatchNormalization" for u in graph.consumers(n.name))
+    )
+    found = rewriter.find(graph, "c:Conv2D -> BatchNormalization")
+    assert sorted(m.captures["c"] for m in found) == expected == ["c1", "c2", "c3"]
+
+    block = (
+        'c:Conv2D(kernel_size=(1, 1), padding="same") -> b:BatchNormalization '
+        '-> a:(ReLU | Activation(activation="relu"))?'
+    )
+    matches = rewriter.find(model, block)
+    assert sorted((m.captures["c"], m.captures["b"], m.captures.get("a")) for m in matches) == [
+        ("c1", "b1", "r1"),
+        ("c3", "b3", "a3"),
+    ]
+    assert matches[0]["c"] is model.get_layer(matches[0].captures["c"])
+
+    adds = rewriter.find(model, "[BatchNormalization, Activation] -> a:Add")
+    assert [m.captures["a"] for m in adds] == ["add"]
+    assert rewriter.find(model, "[BatchNormalization, ReLU] -> Add") == []
+    # Add is commutative: the listed order may differ from the argument order, reported once
+    swapped = rewriter.find(model, "[Activation, BatchNormalization] -> a:Add")
+    assert [m.captures["a"] for m in swapped] == ["add"]
+
+    dw = rewriter.find(model, "DepthwiseConv2D -> _ -> a:Activation")
+    assert [m.captures["a"] for m in dw] == ["a4"]
+
+    cat = rewriter.find(model, "x:Conv2D; y:Conv2D; [x, y] -> Concatenate")
+    assert [(m.captures["x"], m.captures["y"]) for m in cat] == [("l", "r")]
+
+
+def test_find_with_values_one_of_and_open_lists() -> None:
+    model = _conv_bn_model()
+    assert sorted(
+        m.captures["c"] for m in rewriter.find(model, "c:Conv2D(kernel_size in [(3, 3), (5, 5)])")
+    ) == ["c2"]
+    assert sorted(
+        m.captures["a"] for m in rewriter.find(model, "a:Activation(activation=one_of('relu6', 'gelu'))")
+    ) == ["a4"]
+    assert len(rewriter.find(model, "[x:Conv2D(filters=4), ...] -> Concatenate")) == 1
+    assert rewriter.find(model, "[*, *, *] -> Concatenate") == []
