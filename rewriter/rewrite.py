@@ -738,33 +738,44 @@ def _run_passes(session: _Session, rules: RuleSet, max_passes: int, fixed_point:
         passes = pass_index + 1
         fired: collections.Counter[str] = collections.Counter()
         region: set[str] = set()
-        touched: set[str] = set()
+        frozen: set[str] = set()  # matched or created in this pass: not matched again before the next
         for rule in rules:
             if anchors is not None:
                 anchors = {a for a in anchors if a in graph}
                 if not anchors:
                     break
-            for match in _find(graph, rule.pattern, anchors):
-                members = list(match.nodes)
-                if any(name in touched or name not in graph for name in members):
-                    continue
-                anchor = str(getattr(match, "anchor", members[-1] if members else "?"))
-                reason = rule.veto(match)
-                if reason is not None:
-                    session.vetoed.append((rule.name, anchor, reason))
-                    continue
-                outcome = _apply(session, rule, match)
-                if outcome is None:
-                    continue
-                if isinstance(outcome, str):
-                    session.skipped.append((rule.name, anchor, outcome))
-                    continue
-                fired[rule.name] += 1
-                session.applications.append(Application(rule.name, outcome.matched, outcome.new))
-                touched |= outcome.touched
-                region |= outcome.region
-                if anchors is not None:
-                    anchors |= outcome.region
+            round_anchors = anchors
+            while True:
+                changed_since_find: set[str] = set()
+                retry: set[str] = set()
+                for match in _find(graph, rule.pattern, round_anchors):
+                    members = list(match.nodes)
+                    if any(name in frozen or name not in graph for name in members):
+                        continue
+                    anchor = str(getattr(match, "anchor", members[-1] if members else "?"))
+                    if any(name in changed_since_find for name in members):
+                        retry.add(anchor)  # found before a neighbouring change: match it again
+                        continue
+                    reason = rule.veto(match)
+                    if reason is not None:
+                        session.vetoed.append((rule.name, anchor, reason))
+                        continue
+                    outcome = _apply(session, rule, match)
+                    if outcome is None:
+                        continue
+                    if isinstance(outcome, str):
+                        session.skipped.append((rule.name, anchor, outcome))
+                        continue
+                    fired[rule.name] += 1
+                    session.applications.append(Application(rule.name, outcome.matched, outcome.new))
+                    frozen |= set(outcome.matched) | set(outcome.new)
+                    changed_since_find |= outcome.touched
+                    region |= outcome.region
+                    if anchors is not None:
+                        anchors |= outcome.region
+                round_anchors = {a for a in retry if a in graph and a not in frozen}
+                if not round_anchors:
+                    break
         if not fired:
             return passes
         if pass_index == max_passes:
@@ -778,6 +789,10 @@ def _run_passes(session: _Session, rules: RuleSet, max_passes: int, fixed_point:
             return passes
         anchors = _neighbourhood(graph, region, depth)
     return passes
+
+
+def _layer_names(graph: Graph) -> set[str]:
+    return {node.layer_name for node in graph.topological() if not node.is_input}
 
 
 def _renumber_calls(graph: Graph) -> None:
@@ -906,11 +921,12 @@ def _finish(
         if preserving and all(r.function_preserving for r in rules if r.name in applied):
             reference = source_model if source_model is not None else emit(source_graph)
             _verify_function(reference, model, inputs, preserving, atol, rtol)
+    present = _layer_names(graph)
     return RewriteResult(
         model=model,
         graph=graph,
         applications=list(session.applications),
-        reinitialized=list(session.reinitialized),
+        reinitialized=[name for name in session.reinitialized if name in present],
         vetoed=list(session.vetoed),
         skipped=list(session.skipped),
         passes=passes,

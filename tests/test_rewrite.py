@@ -1,0 +1,414 @@
+"""Rules, templates, weights, shape safety and the fixed point of `rewriter.rewrite`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import rewriter
+from rewriter import Rule, RuleSet, op
+from tests.helpers import predict, random_inputs
+
+rewrite_module = importlib.import_module("rewriter.rewrite")
+
+
+def _snapshot(model: keras.Model) -> tuple[list[np.ndarray], dict[str, tuple[int, int]]]:
+    weights = [w.copy() for w in model.get_weights()]
+    bookkeeping = {
+        layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers
+    }
+    return weights, bookkeeping
+
+
+def _assert_unchanged(
+    model: keras.Model, snapshot: tuple[list[np.ndarray], dict[str, tuple[int, int]]]
+) -> None:
+    weights, bookkeeping = snapshot
+    for a, b in zip(weights, model.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    assert {
+        layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers
+    } == bookkeeping
+
+
+def _mlp(n_dense: int = 3, dropout_after: tuple[int, ...] = (), units: int = 6) -> keras.Model:
+    inputs = layers.Input(shape=(units,), name="x")
+    h = inputs
+    for i in range(n_dense):
+        h = layers.Dense(units, name=f"d{i}")(h)
+        if i in dropout_after:
+            h = layers.Dropout(0.5, name=f"drop{i}")(h)
+    return keras.Model(inputs, h)
+
+
+def _conv_bn_relu() -> keras.Model:
+    inputs = layers.Input(shape=(8, 8, 3), name="x")
+    c = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    b = layers.BatchNormalization(name="bn")(c)
+    r = layers.ReLU(name="relu")(b)
+    p = layers.GlobalAveragePooling2D(name="gap")(r)
+    model = keras.Model(inputs, layers.Dense(3, name="head")(p))
+    rng = np.random.default_rng(0)
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 1.5, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.5, 2, 4)])
+    return model
+
+
+def _merge_dense(match: rewriter.Match, x: keras.KerasTensor) -> keras.KerasTensor:
+    """Two linear Dense layers as one, with computed weights."""
+    a, b = match["a"], match["b"]
+    ka, ba = (keras.ops.convert_to_numpy(w) for w in a.weights)
+    kb, bb = (keras.ops.convert_to_numpy(w) for w in b.weights)
+    merged = layers.Dense(b.units)
+    y = merged(x)
+    merged.set_weights([ka @ kb, ba @ kb + bb])
+    return y
+
+
+MERGE_DENSE = Rule(
+    "merge-dense",
+    "a:Dense(activation='linear') -> b:Dense(activation='linear')",
+    _merge_dense,
+    function_preserving=True,
+)
+
+
+# ------------------------------------------------------------------------------ rules and templates
+
+
+def test_function_replacement_and_report() -> None:
+    model = _conv_bn_relu()
+    before = _snapshot(model)
+    rule = Rule("relu6", "ReLU(max_value=None)", lambda match, x: layers.ReLU(max_value=6.0, name="relu6")(x))
+    result = rewriter.rewrite(model, [rule])
+    _assert_unchanged(model, before)
+    assert result.model.get_layer("relu6").max_value == 6.0
+    assert [a.rule for a in result.applications] == ["relu6"]
+    assert result.applications[0].matched == ("relu",) and result.applications[0].new == ("relu6",)
+    report = result.report()
+    assert "relu6: 1" in report and f"{model.count_params():,}" in report
+    result.graph.verify()
+    data = random_inputs(model, seed=0)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-5, atol=1e-6)
+
+
+def test_bypass_removes_every_dropout_and_keeps_weights() -> None:
+    model = _mlp(4, dropout_after=(0, 1, 2))
+    result = rewriter.rewrite(model, Rule("no-dropout", op("Dropout"), rewriter.bypass()))
+    assert [layer.name for layer in result.model.layers] == ["x", "d0", "d1", "d2", "d3"]
+    assert result.counts() == {"no-dropout": 3}
+    data = random_inputs(model, seed=1)
+    np.testing.assert_array_equal(predict(result.model, data), predict(model, data))
+
+
+def test_keep_capture_drops_the_rest_of_the_match() -> None:
+    model = _conv_bn_relu()
+    result = rewriter.rewrite(model, [Rule("drop-bn", "c:Conv2D -> BatchNormalization", rewriter.keep("c"))])
+    graph = result.graph
+    assert graph.producer_nodes("relu") == ["conv"]
+    assert "bn" not in graph
+    conv = result.model.get_layer("conv")
+    assert all(
+        np.array_equal(a, b) for a, b in zip(conv.get_weights(), model.get_layer("conv").get_weights())
+    )
+
+
+def test_replace_with_factory_reads_the_captured_layer() -> None:
+    model = _mlp(2)
+    rule = Rule(
+        "wider",
+        "d:Dense",
+        rewriter.replace_with(lambda m: layers.Dense(m["d"].units * 2, name=f"{m['d'].name}_wide")),
+        check=lambda m: m["d"].units < 12 or "already wide",
+    )
+    result = rewriter.rewrite(model, [rule], fixed_point=False)
+    assert [layer.name for layer in result.model.layers] == ["x", "d0_wide", "d1_wide"]
+    assert result.model.output_shape == (None, 12)
+    # d1_wide is new and was built for 12 inputs; nothing original downstream needed fresh weights.
+    assert result.reinitialized == []
+
+
+def test_follow_with_and_precede_with() -> None:
+    model = _mlp(2)
+    after = Rule(
+        "relu-after-d0",
+        op("Dense").where(lambda n: n.name == "d0"),
+        rewriter.follow_with(layers.ReLU(name="post")),
+    )
+    result = rewriter.rewrite(model, [after], fixed_point=False)
+    assert result.graph.producer_nodes("post") == ["d0"] and result.graph.producer_nodes("d1") == ["post"]
+    before = Rule("norm-before", "d:Dense", rewriter.precede_with(lambda: layers.LayerNormalization()))
+    result = rewriter.rewrite(model, [before], fixed_point=False)
+    types = [type(layer).__name__ for layer in result.model.layers]
+    assert types == ["InputLayer", "LayerNormalization", "Dense", "LayerNormalization", "Dense"]
+
+
+def test_residual_with_zero_branch_is_function_preserving() -> None:
+    model = _conv_bn_relu()
+    rule = Rule(
+        "zero-residual",
+        "r:ReLU",
+        rewriter.residual(branch=lambda: layers.Rescaling(0.0)),
+        function_preserving=True,
+    )
+    result = rewriter.rewrite(model, [rule], fixed_point=False)
+    graph = result.graph
+    (add,) = graph.nodes_of_type("Add")
+    assert graph.producer_nodes(add.name)[0] == "relu"
+    data = random_inputs(model, seed=4)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-6, atol=1e-6)
+
+
+def test_replay_inserts_inside_a_match() -> None:
+    model = _conv_bn_relu()
+
+    def replacement(match: rewriter.Match, x: keras.KerasTensor) -> keras.KerasTensor:
+        ports = rewriter.replay(match, [x], after={"c": layers.Activation("linear", name="mid")})
+        return [ports[p] for p in match.outputs]
+
+    result = rewriter.rewrite(model, [Rule("mid", "c:Conv2D -> b:BatchNormalization", replacement)])
+    graph = result.graph
+    assert graph.producer_nodes("mid") == ["conv"] and graph.producer_nodes("bn") == ["mid"]
+    # bn is a new call of the original layer (other input) and keeps its weights.
+    bn = result.model.get_layer("bn")
+    assert all(np.array_equal(a, b) for a, b in zip(bn.get_weights(), model.get_layer("bn").get_weights()))
+    data = random_inputs(model, seed=0)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ weights
+
+
+def test_captured_layer_reused_elsewhere_keeps_its_weights() -> None:
+    inputs = layers.Input(shape=(4,), name="x")
+    h = layers.ReLU(name="relu")(inputs)
+    model = keras.Model(inputs, layers.Dense(4, name="d")(h))
+
+    def swap(match: rewriter.Match, x: keras.KerasTensor) -> keras.KerasTensor:
+        return layers.ReLU(name="relu_after")(match["d"](x))
+
+    result = rewriter.rewrite(model, [Rule("swap", "r:ReLU -> d:Dense", swap)])
+    assert [layer.name for layer in result.model.layers] == ["x", "d", "relu_after"]
+    dense = result.model.get_layer("d")
+    assert dense is not model.get_layer("d")  # a copy: the input model shares nothing
+    assert all(np.array_equal(a, b) for a, b in zip(dense.get_weights(), model.get_layer("d").get_weights()))
+    assert result.reinitialized == []
+
+
+def test_computed_weights_and_fixed_point_over_overlapping_matches() -> None:
+    model = _mlp(4)
+    before = _snapshot(model)
+    result = rewriter.rewrite(model, [MERGE_DENSE])
+    _assert_unchanged(model, before)
+    # d0-d1 and d1-d2 overlap: never both in one pass; the fixed point merges all four.
+    assert len(result.graph.nodes_of_type("Dense")) == 1
+    assert result.counts() == {"merge-dense": 3}
+    for first, second in zip(result.applications, result.applications[1:]):
+        assert set(first.matched) != set(second.matched)
+    assert result.passes >= 3
+    data = random_inputs(model, seed=5)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-4, atol=1e-5)
+
+
+def test_downstream_layer_with_new_input_shape_gets_fresh_weights() -> None:
+    model = _mlp(3)
+    rule = Rule(
+        "narrow-d1",
+        op("Dense").where(lambda n: n.name == "d1").named("d"),
+        rewriter.replace_with(layers.Dense(3, name="d1_narrow")),
+    )
+    result = rewriter.rewrite(model, [rule])
+    assert result.reinitialized == ["d2"]
+    assert result.model.get_layer("d2").get_weights()[0].shape == (3, 6)
+    assert result.graph.node("d2").meta["reinitialize"] is True
+    d0_new, d0_old = result.model.get_layer("d0").get_weights(), model.get_layer("d0").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(d0_new, d0_old))
+    assert "fresh weights" in result.report()
+
+
+def test_shared_layers_stay_shared() -> None:
+    a = layers.Input(shape=(4,), name="a")
+    b = layers.Input(shape=(4,), name="b")
+    shared = layers.Dense(4, name="shared")
+    out = layers.Add(name="add")([shared(layers.ReLU(name="ra")(a)), shared(layers.ReLU(name="rb")(b))])
+    model = keras.Model([a, b], out)
+    rule = Rule("relu6", "ReLU(max_value=None)", rewriter.replace_with(lambda m: layers.ReLU(max_value=6.0)))
+    result = rewriter.rewrite(model, [rule])
+    assert result.counts() == {"relu6": 2}
+    calls = [n for n in result.graph.topological() if n.layer_name == "shared"]
+    assert len(calls) == 2 and calls[0].layer is calls[1].layer
+    assert sum(1 for layer in result.model.layers if layer.name == "shared") == 1
+    data = random_inputs(model, seed=0)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-6, atol=1e-6)
+
+
+def test_shared_layer_cannot_take_two_weight_shapes() -> None:
+    a = layers.Input(shape=(4,), name="a")
+    b = layers.Input(shape=(4,), name="b")
+    shared = layers.Dense(4, name="shared")
+    out = layers.Add(name="add")([shared(layers.Dense(4, name="pa")(a)), shared(b)])
+    model = keras.Model([a, b], out)
+    rule = Rule("widen", op("Dense").where(lambda n: n.name == "pa"), rewriter.replace_with(layers.Dense(5)))
+    with pytest.raises(rewriter.ShapeMismatchError, match="shared"):
+        rewriter.rewrite(model, [rule])
+
+
+# ------------------------------------------------------------------------------ safety
+
+
+def test_shape_mismatch_names_rule_node_and_shapes() -> None:
+    inputs = layers.Input(shape=(8,), name="x")
+    left = layers.Dense(4, name="left")(inputs)
+    right = layers.Dense(4, name="right")(inputs)
+    model = keras.Model(inputs, layers.Add(name="add")([left, right]))
+    before = _snapshot(model)
+    rule = Rule("bad", op("Dense").where(lambda n: n.name == "left"), rewriter.replace_with(layers.Dense(5)))
+    with pytest.raises(rewriter.ShapeMismatchError) as info:
+        rewriter.rewrite(model, [rule])
+    message = str(info.value)
+    assert "'bad'" in message and "'add'" in message and "(None, 5)" in message and "(None, 4)" in message
+    _assert_unchanged(model, before)
+
+
+def test_function_preserving_mismatch_reports_the_error_size() -> None:
+    model = _conv_bn_relu()
+    rule = Rule("lie", "ReLU", lambda m, x: layers.Activation("tanh")(x), function_preserving=True)
+    # ReLU -> tanh Activation: the pattern no longer matches, so the rewrite reaches its fixed point.
+    with pytest.raises(rewriter.RewriteError, match="differs by up to"):
+        rewriter.rewrite(model, [rule])
+
+
+def test_function_preserving_uses_caller_inputs() -> None:
+    model = _conv_bn_relu()
+    # ReLU and ReLU6 agree on inputs in [-1, 1] after the BN with these weights only if activations stay
+    # below 6: give inputs that keep them small, then inputs that do not.
+    rule = Rule(
+        "clip",
+        "ReLU(max_value=None)",
+        rewriter.replace_with(lambda m: layers.ReLU(max_value=1e-3)),
+        function_preserving=True,
+    )
+    zeros = np.full((2, 8, 8, 3), -100.0, "float32")
+    conv = model.get_layer("conv")
+    conv.set_weights([np.abs(conv.get_weights()[0]), np.zeros(4, "float32")])
+    bn = model.get_layer("bn")
+    bn.set_weights([np.ones(4), -10 * np.ones(4), np.zeros(4), np.ones(4)])
+    rewriter.rewrite(model, [rule], inputs=zeros)  # every activation is negative: ReLUs agree
+    with pytest.raises(rewriter.RewriteError, match="differs"):
+        rewriter.rewrite(model, [rule], inputs=np.full((2, 8, 8, 3), 100.0, "float32"))
+
+
+def test_check_veto_is_recorded() -> None:
+    model = _mlp(3, dropout_after=(0, 1))
+    rule = Rule(
+        "keep-first-dropout",
+        "Dropout",
+        rewriter.bypass(),
+        check=lambda m: "first dropout stays" if m.anchor == "drop0" else None,
+    )
+    result = rewriter.rewrite(model, [rule])
+    assert "drop0" in result.graph and "drop1" not in result.graph
+    assert ("keep-first-dropout", "drop0", "first dropout stays") in result.vetoed
+
+
+def test_escaping_interior_output_skips_unless_kept() -> None:
+    inputs = layers.Input(shape=(4,), name="x")
+    d = layers.Dense(4, name="d")(inputs)
+    r = layers.ReLU(name="r")(d)
+    model = keras.Model(inputs, [r, layers.Dense(2, name="side")(d)])
+    fuse = Rule("fuse", "Dense -> ReLU", lambda m, x: layers.Dense(4, activation="relu")(x))
+    result = rewriter.rewrite(model, [fuse])
+    assert result.applications == [] and "r" in result.graph
+    assert result.skipped and "used outside the match" in result.skipped[0][2]
+    keep_dense = Rule(
+        "relu6", "d:Dense -> ReLU(max_value=None)", lambda m, x: layers.ReLU(max_value=6.0)(m["d"](x))
+    )
+    result = rewriter.rewrite(model, [keep_dense])
+    assert result.counts() == {"relu6": 1}
+    consumers = [result.graph.node(c) for c in result.graph.consumer_nodes("d")]
+    assert sorted(c.op_type for c in consumers) == ["Dense", "ReLU"]
+    assert [c.config["max_value"] for c in consumers if c.op_type == "ReLU"] == [6.0]
+
+
+def test_no_fixed_point_names_the_rule() -> None:
+    model = _mlp(2)
+    forever = Rule("forever", "Dense", rewriter.follow_with(lambda: layers.Activation("linear")))
+    with pytest.raises(rewriter.RewriteError, match="forever"):
+        rewriter.rewrite(model, [forever], max_passes=3)
+    guarded = Rule(
+        "once",
+        "d:Dense",
+        rewriter.follow_with(lambda: layers.Activation("linear")),
+        check=lambda m: all(
+            m.graph.node(c).op_type != "Activation" for c in m.graph.consumer_nodes(m.captures["d"])
+        ),
+    )
+    result = rewriter.rewrite(model, [guarded], max_passes=3)
+    assert result.counts() == {"once": 2}
+
+
+def test_priority_order_first_rule_wins() -> None:
+    model = _mlp(2, dropout_after=(0,))
+    first = Rule("first", "Dropout", rewriter.bypass())
+    second = Rule("second", "Dropout", rewriter.replace_with(lambda: layers.Activation("linear")))
+    result = rewriter.rewrite(model, RuleSet([first, second]))
+    assert result.counts() == {"first": 1}
+    with pytest.raises(rewriter.RewriteError, match="Two rules are named"):
+        RuleSet([first, first])
+
+
+def test_rewrite_a_graph_leaves_it_unchanged() -> None:
+    model = _mlp(3, dropout_after=(1,))
+    graph = rewriter.lift(model)
+    names = graph.topological_names()
+    result = rewriter.rewrite(graph, [Rule("no-dropout", "Dropout", rewriter.bypass())])
+    assert graph.topological_names() == names and "drop1" not in result.graph
+    graph.verify()
+    result.graph.verify()
+
+
+def test_matching_resumes_around_the_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _mlp(40, dropout_after=(20,))
+    calls: list[set[str] | None] = []
+    real_find = rewrite_module._find
+
+    def spy(graph: rewriter.Graph, pattern: rewriter.Pattern, anchors: set[str] | None) -> list:
+        calls.append(None if anchors is None else set(anchors))
+        return real_find(graph, pattern, anchors)
+
+    monkeypatch.setattr(rewrite_module, "_find", spy)
+    result = rewriter.rewrite(model, [Rule("no-dropout", "Dropout", rewriter.bypass())])
+    assert result.counts() == {"no-dropout": 1}
+    assert calls[0] is None  # first pass: full scan
+    assert len(calls) == 2 and calls[1] is not None
+    assert 0 < len(calls[1]) <= 4 and calls[1] <= {"d19", "d20", "d21", "d22"}
+
+
+def test_bad_replacements_are_clear_errors() -> None:
+    model = _mlp(2)
+    two = Rule("two", "Dense", lambda m, x: [x, x])
+    with pytest.raises(rewriter.RewriteError, match="returned 2 tensor"):
+        rewriter.rewrite(model, [two])
+    foreign = Rule("foreign", "Dense", lambda m, x: layers.Dense(6)(keras.Input((6,))))
+    with pytest.raises(rewriter.RewriteError, match="not its inputs"):
+        rewriter.rewrite(model, [foreign])
+    broken = Rule("broken", "Dense", lambda m, x: layers.Reshape((5,))(x))
+    with pytest.raises(rewriter.RewriteError, match="'broken'"):
+        rewriter.rewrite(model, [broken])
+    with pytest.raises(rewriter.RewriteError, match="keras.Model or a rewriter.Graph"):
+        rewriter.rewrite("model", [two])
+
+
+def test_name_clash_of_a_new_layer_is_renamed() -> None:
+    model = _mlp(3, dropout_after=(0,))
+    rule = Rule("clash", "Dropout", rewriter.replace_with(lambda: layers.Activation("linear", name="d2")))
+    result = rewriter.rewrite(model, [rule])
+    names = [layer.name for layer in result.model.layers]
+    assert len(set(names)) == len(names) and "d2" in names and "d2_1" in names
