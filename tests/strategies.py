@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import os
+import random
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -259,6 +260,17 @@ def functional_models(
     Example:
         >>> model = functional_models(max_ops=4).example()  # doctest: +SKIP
     """
+    # Keras seeds its initializers from Python's global `random`; restore it so hypothesis stays in charge.
+    random_state = random.getstate()
+    try:
+        return _draw_model(draw, max_inputs, max_ops, shared, nested, dict_io)
+    finally:
+        random.setstate(random_state)
+
+
+def _draw_model(
+    draw: Callable[[Any], Any], max_inputs: int, max_ops: int, shared: bool, nested: bool, dict_io: bool
+) -> keras.Model:
     builder = _Builder(draw, shared, nested)
     num_inputs = draw(st.integers(1, max_inputs))
     inputs = []
