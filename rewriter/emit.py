@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -82,6 +83,10 @@ def emit(graph: Graph, *, share_weights: bool = False, name: str | None = None) 
         >>> new_model = rewriter.emit(rewriter.lift(model))  # doctest: +SKIP
         >>> new_model.set_weights(model.get_weights())  # doctest: +SKIP
     """
+    if graph.meta.get("model_class") == "Sequential" and _is_plain_chain(graph):
+        sequential = _emit_sequential(graph, share_weights=share_weights, name=name or graph.name)
+        if sequential is not None:
+            return sequential
     state = replay(graph, share_weights=share_weights)
     inputs = _map_structure(lambda node_name: state.tensors[Port(node_name, 0)], graph.input_structure)
     outputs = _map_structure(lambda port: state.tensors[port], graph.output_structure)
@@ -90,6 +95,47 @@ def emit(graph: Graph, *, share_weights: bool = False, name: str | None = None) 
             return keras.Model(inputs=inputs, outputs=outputs, name=name or graph.name)
         except Exception as error:  # Keras raises ValueError/TypeError with its own wording
             raise EmitError(f"Keras refused the rebuilt graph {graph.name!r}: {error}") from error
+
+
+def _is_plain_chain(graph: Graph) -> bool:
+    """Whether ``graph`` is one input feeding a chain of distinct single-tensor layers (a Sequential)."""
+    if len(graph.inputs) != 1 or not isinstance(graph.input_structure, str):
+        return False
+    nodes = graph.topological()
+    if not nodes[0].is_input or graph.output_structure != Port(nodes[-1].name, 0):
+        return False
+    seen: set[int] = set()
+    for previous, node in itertools.pairwise(nodes):
+        if (
+            node.is_input
+            or node.layer is None
+            or id(node.layer) in seen
+            or node.num_outputs != 1
+            or node.call_args != (TensorRef(0),)
+            or node.call_kwargs
+            or graph.producers(node.name) != [Port(previous.name, 0)]
+        ):
+            return False
+        seen.add(id(node.layer))
+    return len(nodes) > 1
+
+
+def _emit_sequential(graph: Graph, *, share_weights: bool, name: str) -> keras.Model | None:
+    """Rebuild a lifted Sequential as a ``keras.Sequential``; None if Keras cannot build it that way."""
+    nodes = graph.topological()
+    clones: dict[int, Any] = {}
+    chain = [(node, *_layer_for(node, clones, share_weights)) for node in nodes[1:]]
+    with deep_recursion(len(graph)):
+        try:
+            model = keras.Sequential([_new_input(nodes[0]), *(layer for _, layer, _ in chain)], name=name)
+        except Exception:  # fall back to the functional replay, which reports errors per node
+            return None
+    if getattr(model, "_functional", None) is None:
+        return None
+    for node, layer, fresh in chain:
+        if fresh:
+            _set_weights(node, layer)
+    return model
 
 
 def replay(graph: Graph, *, share_weights: bool = False) -> Replay:

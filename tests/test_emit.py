@@ -1,0 +1,281 @@
+"""emit(lift(model)) is faithful: property tests over random models, plus emit's own guarantees.
+
+Properties (hypothesis, `tests.strategies.functional_models`): bit-identical outputs, equal weights in the
+same order, the input model unchanged, ``verify()`` passes, no shared variables by default, names kept,
+``to_source`` round-trips. Explicit tests: ``share_weights=True``, deep chains at the default recursion
+limit (where ``keras.models.clone_model`` fails), training, saving and loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from keras import layers
+
+import rewriter
+from tests.helpers import assert_same_outputs, assert_same_weights, flat_outputs, random_inputs
+from tests.strategies import functional_models
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _all_layers(model: keras.Model) -> list[Any]:
+    """Every layer of ``model``, nested models' layers included (iterative walk)."""
+    seen: dict[int, Any] = {}
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen[id(layer)] = layer
+        stack.extend(getattr(layer, "layers", []))
+    return list(seen.values())
+
+
+def _snapshot(model: keras.Model) -> tuple[list[np.ndarray], dict[str, int], list[str]]:
+    """Weights, inbound-node count per layer and the weight paths: what 'unchanged' means."""
+    inbound = {f"{id(layer)}:{layer.name}": len(layer._inbound_nodes) for layer in _all_layers(model)}
+    return [np.array(w) for w in model.get_weights()], inbound, [v.path for v in model.weights]
+
+
+def _assert_unchanged(model: keras.Model, before: tuple[list[np.ndarray], dict[str, int], list[str]]) -> None:
+    weights, inbound, paths = _snapshot(model)
+    assert inbound == before[1], "the input model's layers gained or lost inbound nodes"
+    assert paths == before[2]
+    assert len(weights) == len(before[0])
+    for now, then in zip(weights, before[0]):
+        assert np.array_equal(now, then), "an input model weight changed"
+
+
+def _variable_ids(model: keras.Model) -> set[int]:
+    ids = set()
+    for variable in model.weights:
+        ids.add(id(variable))
+        backing = getattr(variable, "value", None)
+        if backing is not None:
+            ids.add(id(backing))
+    return ids
+
+
+def _names(model: keras.Model) -> dict[str, Any]:
+    return {
+        "model": model.name,
+        "layers": [layer.name for layer in model.layers],
+        "inputs": [t.name for t in model.inputs],
+        "outputs": list(model.output_names),
+        "weights": [v.path for v in model.weights],
+    }
+
+
+def _source_round_trip(model: keras.Model, graph: rewriter.Graph, inputs: Any) -> None:
+    """Execute ``rewriter.to_source(graph)``, load the original weights, compare outputs exactly."""
+    source = rewriter.to_source(graph)
+    assert isinstance(source, str) and "def build_model" in source
+    namespace: dict[str, Any] = {"__name__": "generated_model"}
+    exec(compile(source, "<rewriter.to_source>", "exec"), namespace)
+    rebuilt = namespace["build_model"]()
+    rebuilt.set_weights(model.get_weights())
+    assert_same_outputs(model, rebuilt, inputs)
+
+
+# ----------------------------------------------------------------------------- property tests
+
+
+@given(functional_models())
+def test_emit_of_lift_is_faithful(model: keras.Model) -> None:
+    before = _snapshot(model)
+    inputs = random_inputs(model, seed=1)
+    expected = flat_outputs(model, inputs)
+
+    graph = rewriter.lift(model)
+    graph.verify()
+    new = rewriter.emit(graph)
+
+    _assert_unchanged(model, before)
+    assert_same_outputs(model, new, inputs)  # bit for bit
+    assert_same_weights(model, new)  # same order, same values
+    assert _names(new) == _names(model)
+    assert not _variable_ids(model) & _variable_ids(new), "share_weights=False shared a variable"
+    # get_weights order is kept, so set_weights across the two works both ways
+    new.set_weights(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(flat_outputs(new, inputs), expected))
+    # the two models are independent: changing the copy leaves the original alone
+    new.set_weights([w + 1.0 for w in new.get_weights()])
+    _assert_unchanged(model, before)
+
+
+@given(functional_models())
+def test_lift_of_emit_gives_the_same_graph(model: keras.Model) -> None:
+    graph = rewriter.lift(model)
+    again = rewriter.lift(rewriter.emit(graph))
+    again.verify()
+    assert again.topological_names() == graph.topological_names()
+    for old, new in zip(graph.topological(), again.topological()):
+        assert (old.op_type, old.call_index, old.output_specs) == (
+            new.op_type,
+            new.call_index,
+            new.output_specs,
+        )
+        assert graph.producers(old.name) == again.producers(new.name)
+    assert again.output_structure == graph.output_structure
+    assert again.input_structure == graph.input_structure
+
+
+@given(functional_models(max_ops=6))
+def test_share_weights_reuses_layers(model: keras.Model) -> None:
+    inputs = random_inputs(model, seed=2)
+    new = rewriter.emit(rewriter.lift(model), share_weights=True)
+    assert_same_outputs(model, new, inputs)
+    assert _variable_ids(new) <= _variable_ids(model)
+    originals = {id(layer) for layer in model.layers}
+    reused = [layer for layer in new.layers if not isinstance(layer, layers.InputLayer)]
+    assert all(id(layer) in originals for layer in reused)
+
+
+@pytest.mark.skipif(not hasattr(rewriter, "to_source"), reason="rewriter.to_source not available yet")
+@given(functional_models())
+def test_to_source_round_trips(model: keras.Model) -> None:
+    _source_round_trip(model, rewriter.lift(model), random_inputs(model, seed=3))
+
+
+# ---------------------------------------------------------------------------- deep chains
+
+
+def _chain(depth: int, width: int = 4) -> keras.Model:
+    x = inputs = keras.Input((width,), name="x")
+    for index in range(depth // 2):
+        x = layers.Dense(width, name=f"dense_{index}")(x)
+        x = layers.ReLU(name=f"relu_{index}")(x)
+    return keras.Model(inputs, x, name=f"chain_{depth}")
+
+
+@contextlib.contextmanager
+def _recursion_limit(limit: int) -> Iterator[None]:
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+_DEFAULT_LIMIT = 1000  # Python's default; importing TensorFlow raises it to 3000
+_BUILD_LIMIT = 20000  # only for building the test models and calling them (Keras recurses over depth)
+
+
+def test_clone_model_fails_on_a_1200_op_chain() -> None:
+    """The claim emit improves on: Keras's own cloning recurses over depth."""
+    with _recursion_limit(_BUILD_LIMIT):
+        model = _chain(1200)
+    with _recursion_limit(_DEFAULT_LIMIT), pytest.raises(RecursionError):
+        keras.models.clone_model(model)
+
+
+def test_3000_op_chain_lifts_and_emits_at_the_default_recursion_limit() -> None:
+    with _recursion_limit(_BUILD_LIMIT):
+        model = _chain(3000)
+    with _recursion_limit(_DEFAULT_LIMIT):
+        graph = rewriter.lift(model)
+        graph.verify()
+        new = rewriter.emit(graph)
+        assert sys.getrecursionlimit() == _DEFAULT_LIMIT
+    assert len(graph) == 3001
+    assert [layer.name for layer in new.layers] == [layer.name for layer in model.layers]
+    assert len(new.layers) == 3001
+    with _recursion_limit(_BUILD_LIMIT):
+        assert_same_outputs(model, new, random_inputs(model, seed=0))
+    assert_same_weights(model, new)
+
+
+# -------------------------------------------------------------------- train / save / load
+
+
+def _small_model() -> keras.Model:
+    image = keras.Input((8, 8, 3), name="image")
+    meta = keras.Input((5,), name="meta")
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(image)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Concatenate(name="concat")([x, layers.Dense(4, name="meta_dense")(meta)])
+    x = layers.Dropout(0.2, name="drop")(x)
+    out = layers.Dense(3, name="logits")(x * 0.5)
+    return keras.Model({"image": image, "meta": meta}, {"logits": out, "features": x}, name="small")
+
+
+def test_emitted_model_trains_one_step() -> None:
+    model = _small_model()
+    new = rewriter.emit(rewriter.lift(model))
+    new.compile(optimizer="sgd", loss={"logits": "mse", "features": "mse"})
+    data = random_inputs(model, seed=4, batch=4)
+    targets = {"logits": np.ones((4, 3), "float32"), "features": np.zeros((4, 8), "float32")}
+    before = [np.array(w) for w in new.get_weights()]
+    history = new.fit(data, targets, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = new.get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "fit changed no weight"
+    # the original did not train along
+    assert_same_weights(model, rewriter.emit(rewriter.lift(model)))
+
+
+def test_emitted_model_saves_and_loads(tmp_path: Any) -> None:
+    model = _small_model()
+    new = rewriter.emit(rewriter.lift(model))
+    path = tmp_path / "emitted.keras"
+    new.save(path)
+    loaded = keras.saving.load_model(path)  # no custom_objects: none were needed by the input
+    inputs = random_inputs(model, seed=5)
+    assert_same_outputs(model, loaded, inputs)
+    assert_same_weights(model, loaded)
+    assert loaded.name == model.name
+
+
+@keras.saving.register_keras_serializable(package="rewriter_tests")
+class Scale(layers.Layer):
+    """A custom registered layer with one weight."""
+
+    def build(self, input_shape: Any) -> None:
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+
+    def call(self, x: Any) -> Any:
+        return x * self.scale
+
+
+def test_emitted_model_with_a_registered_custom_layer_saves_and_loads(tmp_path: Any) -> None:
+    x = inputs = keras.Input((6,), name="x")
+    x = layers.Dense(6, name="d")(x)
+    custom = Scale(name="scale")
+    custom.build((None, 6))
+    custom.scale.assign(np.arange(6, dtype="float32"))
+    model = keras.Model(inputs, custom(x), name="with_custom")
+    new = rewriter.emit(rewriter.lift(model))
+    assert type(new.get_layer("scale")) is Scale
+    path = tmp_path / "custom.keras"
+    new.save(path)
+    loaded = keras.saving.load_model(path)  # found through the registration, like the input model
+    assert_same_outputs(model, loaded, random_inputs(model, seed=6))
+
+
+def test_emit_keeps_the_output_structure_of_dicts() -> None:
+    model = _small_model()
+    new = rewriter.emit(rewriter.lift(model))
+    out = new(random_inputs(model, seed=7))
+    assert isinstance(out, dict) and sorted(out) == ["features", "logits"]
+    assert isinstance(new._inputs_struct, dict) and sorted(new._inputs_struct) == ["image", "meta"]
+
+
+def test_emit_name_argument_and_error_on_unbuildable_graph() -> None:
+    model = _small_model()
+    graph = rewriter.lift(model)
+    assert rewriter.emit(graph, name="renamed").name == "renamed"
+    broken = graph.copy()
+    broken.node("logits").layer = None
+    with pytest.raises(rewriter.EmitError, match="logits"):
+        rewriter.emit(broken)
