@@ -402,7 +402,7 @@ def test_bad_replacements_are_clear_errors() -> None:
     broken = Rule("broken", "Dense", lambda m, x: layers.Reshape((5,))(x))
     with pytest.raises(rewriter.RewriteError, match="'broken'"):
         rewriter.rewrite(model, [broken])
-    with pytest.raises(rewriter.RewriteError, match="keras.Model or a rewriter.Graph"):
+    with pytest.raises(rewriter.RewriteError, match=r"keras\.Model or a rewriter\.Graph"):
         rewriter.rewrite("model", [two])
 
 
