@@ -267,7 +267,7 @@ def _symbolic_input(shape: Any, name: str) -> Any:
 
 
 def _flat_outputs(fn: Callable[..., Any], outputs: Any, inputs: list[Any]) -> list[Any]:
-    flat = keras.tree.flatten(outputs)
+    flat = [] if outputs is None else keras.tree.flatten(outputs)
     label = getattr(fn, "__name__", repr(fn))
     if not flat:
         raise PatternError(
