@@ -377,6 +377,9 @@ class _ModuleWriter:
         self.pending: list[tuple[Any, str]] = []
         self.notes: list[str] = []
         self._layer_cache: dict[Any, tuple[str, list[str]]] = {}
+        self.cross: dict[int, tuple[str, Node]] = {}  # id(layer) -> (variable, a node calling it)
+        self.cross_order: list[int] = []
+        self.needs: dict[int, list[int]] = {}
         self._op_cache: dict[Any, str] = {}
 
     # ---------------------------------------------------------------- imports and helpers
@@ -407,12 +410,11 @@ class _ModuleWriter:
 
     def module(self, graph: Graph, function_name: str) -> str:
         self.module_names.taken.add(function_name)
+        graphs = self._collect(graph)
+        self._plan_sharing(graphs)
         bodies = [self.function(graph, function_name, is_main=True)]
-        done = 0
-        while done < len(self.pending):
-            model, name = self.pending[done]
-            done += 1
-            bodies.append(self.function(lift(model), name, is_main=False))
+        for model, name in self.pending:
+            bodies.append(self.function(graphs[id(model)], name, is_main=False))
         header = [f'"""Keras model "{graph.name}", written out by rewriter.to_source.', ""]
         header += ["Rebuild it and load the original weights:", ""]
         header += [f"    model = {function_name}()", "    model.set_weights(original.get_weights())"]
@@ -426,22 +428,85 @@ class _ModuleWriter:
         lines += ["\n\n\n".join(reversed(bodies)), ""]
         return "\n".join(lines)
 
+    def _collect(self, graph: Graph) -> dict[int, Graph]:
+        """Lift every nested model once (worklist, no recursion); keys are ``id(model)``, 0 the top."""
+        graphs: dict[int, Graph] = {0: graph}
+        pending = [graph]
+        while pending:
+            current = pending.pop()
+            for node in current.topological():
+                if node.layer is not None and _is_model_layer(node.layer) and id(node.layer) not in graphs:
+                    graphs[id(node.layer)] = lift(node.layer)
+                    self.builder_for(node.layer)
+                    pending.append(graphs[id(node.layer)])
+        return graphs
+
+    def _plan_sharing(self, graphs: dict[int, Graph]) -> None:
+        """Find layers used by several builder functions; the top function builds and passes them."""
+        direct: dict[int, dict[int, Node]] = {}
+        owners: dict[int, set[int]] = {}
+        for key, graph in graphs.items():
+            direct[key] = {}
+            for node in graph.topological():
+                if isinstance(node.layer, keras.layers.Layer) and not node.is_input:
+                    direct[key].setdefault(id(node.layer), node)
+                    owners.setdefault(id(node.layer), set()).add(key)
+        cross = {layer_id for layer_id, keys in owners.items() if len(keys) > 1}
+        # needs[g]: cross-shared layers that the builder of g must receive as arguments.
+        needs: dict[int, list[int]] = {}
+        order = _post_order(graphs, direct)
+        for key in order:
+            wanted = [layer_id for layer_id in direct[key] if layer_id in cross]
+            for layer_id in direct[key]:
+                if layer_id in graphs and layer_id not in cross:
+                    wanted += needs[layer_id]
+            needs[key] = list(dict.fromkeys(wanted))
+        self.cross = {}
+        names = _Namer(self.module_names.taken | _MODULE_NAMES)
+        for key in order:
+            for layer_id, node in direct[key].items():
+                if layer_id in cross and layer_id not in self.cross:
+                    self.cross[layer_id] = (names.fresh(_identifier(node.layer_name, "layer")), node)
+        self.needs = needs
+        # The top function builds every cross-shared layer first, each after the layers it needs.
+        built: list[int] = []
+        done: set[int] = set()
+        for layer_id in self.cross:
+            stack = [(layer_id, False)]
+            while stack:
+                current, expanded = stack.pop()
+                if current in done:
+                    continue
+                if expanded:
+                    done.add(current)
+                    built.append(current)
+                    continue
+                stack.append((current, True))
+                stack.extend((dep, False) for dep in needs.get(current, []) if dep not in done)
+        self.cross_order = built
+
+    def _builder_call(self, model: Any) -> Any:
+        builder = self.builder_for(model)
+        args = [_Pair(self.cross[d][0], "=", self.cross[d][0]) for d in self.needs.get(id(model), [])]
+        return _Call(builder, args)
+
     def _import_lines(self) -> list[str]:
         plain = ["import keras"]
-        froms: list[str] = []
         if "np" in self.uses:
             plain.append("import numpy as np")
+        from_imports: dict[str, list[str]] = {}
         names = sorted(n for n in ("layers", "ops") if n in self.uses)
         if names:
-            froms.append(f"from keras import {', '.join(names)}")
+            from_imports["keras"] = names
         for (module, attribute), local in sorted(self.imports.items()):
             if attribute:
                 alias = "" if local == attribute else f" as {local}"
-                froms.append(f"from {module} import {attribute}{alias}")
+                from_imports.setdefault(module, []).append(f"{attribute}{alias}")
             elif local == module:
                 plain.append(f"import {module}")
             else:
                 plain.append(f"import {module} as {local}")
+        froms = [f"from {module} import {', '.join(sorted(n))}" for module, n in from_imports.items()]
         return sorted(set(plain), key=lambda s: s.split()[1]) + sorted(froms, key=lambda s: s.split()[1])
 
     def _helper_sources(self) -> list[str]:
@@ -454,7 +519,7 @@ class _ModuleWriter:
                 "    if cls is None:\n"
                 "        raise ImportError(\n"
                 '            f"No Keras class is registered as {name!r}: import the module "\n'
-                '            "that defines and registers it (keras.saving.register_keras_serializable) first."\n'
+                '            "that defines it and registers it with keras.saving first."\n'
                 "        )\n"
                 "    return cls"
             )
@@ -474,17 +539,28 @@ class _ModuleWriter:
     def function(self, graph: Graph, name: str, *, is_main: bool) -> str:
         nodes = graph.topological()
         plans = {node.name: self.plan(node) for node in nodes if not node.is_input}
+        key = 0 if is_main else id(self.pending_model(name))
+        parameters = [] if is_main else [self.cross[d][0] for d in self.needs.get(key, [])]
+        layer_vars: dict[int, str] = {}
+        if not is_main:
+            layer_vars = {d: self.cross[d][0] for d in self.needs.get(key, [])}
         if graph.meta.get("model_class") == "Sequential" and _is_chain(graph, nodes, plans):
-            return self._sequential_function(graph, name, nodes, plans, is_main)
-        local = _Namer(self.module_names.taken | _MODULE_NAMES)
+            return self._sequential_function(graph, name, nodes, plans, is_main, parameters, layer_vars)
+        local = _Namer(self.module_names.taken | _MODULE_NAMES | set(parameters))
         calls: dict[int, int] = {}
         for node in nodes:
             if node.layer is not None and not node.is_input:
                 calls[id(node.layer)] = calls.get(id(node.layer), 0) + 1
         what = "model" if is_main else "nested model"
-        body = [f"def {name}():", f'{_INDENT}"""Build the {what} "{graph.name}"."""']
+        body = [f"def {name}({', '.join(parameters)}):", f'{_INDENT}"""Build the {what} "{graph.name}"."""']
+        if is_main and self.cross_order:
+            body.append(f"{_INDENT}# Layers shared with nested models: built once, passed to their builders.")
+            for layer_id in self.cross_order:
+                var, node = self.cross[layer_id]
+                local.taken.add(var)
+                layer_vars[layer_id] = var
+                body.append(_statement(var, self.plan(node).constructor))
         tensor_names: dict[Port, str] = {}
-        layer_vars: dict[int, str] = {}
         for node in nodes:
             if node.is_input:
                 var = local.fresh(_identifier(node.name, "inputs"))
@@ -495,7 +571,9 @@ class _ModuleWriter:
             if plan.comment:
                 body += [f"{_INDENT}# {line}" for line in textwrap.wrap(plan.comment, _WIDTH - 6)]
             tensors = [tensor_names[p] for p in graph.producers(node.name)]
-            shared = node.layer is not None and (calls.get(id(node.layer), 0) > 1 or plan.shared_object)
+            shared = node.layer is not None and (
+                calls.get(id(node.layer), 0) > 1 or plan.shared_object or id(node.layer) in layer_vars
+            )
             if plan.expression is not None:
                 expression = plan.expression(tensors)
             else:
@@ -503,6 +581,7 @@ class _ModuleWriter:
                     if id(node.layer) not in layer_vars:
                         base = _identifier(node.layer_name, "layer")
                         var = local.fresh(base if plan.shared_object else f"{base}_layer")
+                        local.taken.add(var)
                         layer_vars[id(node.layer)] = var
                         body.append(_statement(var, plan.constructor))
                     callee: Any = layer_vars[id(node.layer)]
@@ -529,22 +608,32 @@ class _ModuleWriter:
         body.append(_INDENT + "return " + _format(model, 4, 11))
         return "\n".join(body)
 
+    def pending_model(self, builder: str) -> Any:
+        return next(model for model, name in self.pending if name == builder)
+
     def _sequential_function(
-        self, graph: Graph, name: str, nodes: list[Node], plans: dict[str, _Plan], is_main: bool
+        self,
+        graph: Graph,
+        name: str,
+        nodes: list[Node],
+        plans: dict[str, _Plan],
+        is_main: bool,
+        parameters: list[str],
+        layer_vars: dict[int, str],
     ) -> str:
         what = "model" if is_main else "nested model"
-        body = [f"def {name}():", f'{_INDENT}"""Build the {what} "{graph.name}" (a Sequential model)."""']
+        body = [
+            f"def {name}({', '.join(parameters)}):",
+            f'{_INDENT}"""Build the {what} "{graph.name}" (a Sequential model)."""',
+        ]
         items: list[Any] = [_input_doc(nodes[0])]
         for node in nodes[1:]:
             plan = plans[node.name]
             if plan.comment:
-                items.append(f"# {plan.comment}")
-            items.append(plan.constructor)
-        for_comments = [i for i in items if not (isinstance(i, str) and i.startswith("#"))]
-        layers_doc = _Bracket("[", "]", for_comments, explode=True)
+                body += [f"{_INDENT}# {line}" for line in textwrap.wrap(plan.comment, _WIDTH - 6)]
+            items.append(layer_vars.get(id(node.layer), plan.constructor))
+        layers_doc = _Bracket("[", "]", items, explode=True)
         model = _Call("keras.Sequential", [layers_doc, _Pair("name", "=", _string(graph.name))])
-        comments = [i for i in items if isinstance(i, str) and i.startswith("#")]
-        body += [_INDENT + c for c in comments]
         body.append(_INDENT + "return " + _format(model, 4, 11))
         return "\n".join(body)
 
@@ -555,8 +644,7 @@ class _ModuleWriter:
         if layer is not None and not isinstance(layer, keras.layers.Layer):
             return self._op_plan(node)
         if layer is not None and _is_model_layer(layer):
-            builder = self.builder_for(layer)
-            return _Plan(constructor=_Call(builder, []), shared_object=True)
+            return _Plan(constructor=self._builder_call(layer), shared_object=True)
         cls = type(layer) if layer is not None else getattr(keras.layers, node.op_type, None)
         if cls is None or node.config is None:
             why = "the layer has no get_config()" if cls is not None else f"unknown class {node.op_type}"
@@ -601,7 +689,7 @@ class _ModuleWriter:
                 f"Before calling the builder, import the module that registers {registered!r} "
                 f"(class {cls.__qualname__} from {cls.__module__}): it is looked up by registered name."
             )
-            return f"_registered({registered!r})"
+            return f"_registered({_string(registered)})"
         raise _Unrenderable(
             f"class {cls.__module__}.{cls.__qualname__} is neither importable by name nor registered with "
             "keras.saving.register_keras_serializable"
@@ -621,24 +709,40 @@ class _ModuleWriter:
         return self._constructor_call(cls, reference, config, keys)
 
     def _choose_constructor(self, cls: type, config: dict[str, Any]) -> tuple[str, list[str]]:
+        """Pick the shortest argument list that rebuilds ``config``; else ``from_config``."""
         signature = _init_signature(cls)
         without_defaults = [
             key
             for key, value in config.items()
             if key == "name" or not _is_default(key, value, signature.defaults.get(key, _REQUIRED))
         ]
-        for keys in (without_defaults, list(config)):
-            try:
-                values = {key: self._argument(key, config[key])[1] for key in keys}
-                rebuilt = cls(**values).get_config()
-            except _Unrenderable:
-                raise
-            except Exception:
-                continue
-            if _normalized(rebuilt) == _normalized(config):
+        # Defaults the constructor resolves at run time (data_format=None -> "channels_last") are found
+        # by building the layer from its required arguments alone.
+        required = [key for key in config if signature.defaults.get(key, _REQUIRED) is _REQUIRED]
+        fresh = self._build_config(cls, config, [k for k in required if k != "name"])
+        minimal = [
+            key
+            for key in without_defaults
+            if key in required
+            or fresh is None
+            or key not in fresh
+            or _normalized(fresh[key]) != _normalized(config[key])
+        ]
+        for keys in (minimal, without_defaults, list(config)):
+            rebuilt = self._build_config(cls, config, keys)
+            if rebuilt is not None and _normalized(rebuilt) == _normalized(config):
                 return "call", keys
         self._config_literal(config)  # raises _Unrenderable when the config is not literal data
         return "from_config", []
+
+    def _build_config(self, cls: type, config: dict[str, Any], keys: list[str]) -> dict[str, Any] | None:
+        """The config of ``cls`` built from the ``keys`` entries of ``config`` (None if that fails)."""
+        values = {key: self._argument(key, config[key])[1] for key in keys}
+        try:
+            rebuilt = cls(**values).get_config()
+        except Exception:
+            return None
+        return rebuilt if isinstance(rebuilt, dict) else None
 
     def _constructor_call(self, cls: type, reference: str, config: dict[str, Any], keys: list[str]) -> Any:
         signature = _init_signature(cls)
@@ -984,6 +1088,24 @@ def _lambda_ast(function: Any) -> ast.Lambda:
     return found[0]
 
 
+def _post_order(graphs: dict[int, Graph], direct: dict[int, dict[int, Node]]) -> list[int]:
+    """Graph keys with every nested model before the models that call it (iterative DFS)."""
+    order: list[int] = []
+    done: set[int] = set()
+    stack = [(0, False)]
+    while stack:
+        key, expanded = stack.pop()
+        if key in done:
+            continue
+        if expanded:
+            done.add(key)
+            order.append(key)
+            continue
+        stack.append((key, True))
+        stack.extend((child, False) for child in direct[key] if child in graphs and child not in done)
+    return order
+
+
 def _is_chain(graph: Graph, nodes: list[Node], plans: dict[str, _Plan]) -> bool:
     """Whether the graph can be written as ``keras.Sequential([...])``."""
     if len(graph.inputs) != 1 or not nodes or not nodes[0].is_input or len(graph.outputs) != 1:
@@ -1045,7 +1167,7 @@ def _output_names(node: Node, namer: _Namer, shared: bool) -> list[str]:
     count = max(node.num_outputs, 1)
     suffixes = _OUTPUT_SUFFIXES.get(node.op_type, [])
     if len(suffixes) != count:
-        suffixes = [""] + [f"_out{i}" for i in range(1, count)]
+        suffixes = [""] + [f"_{i}" for i in range(1, count)]
     return [namer.fresh(base + suffix) for suffix in suffixes]
 
 
