@@ -110,6 +110,11 @@ def _escapes(graph: Graph, name: str, consumer: str) -> bool:
 # ----------------------------------------------------------------------------- activation family
 
 
+def _canonical(name: str) -> str:
+    """The name Keras writes into configs for activation ``name`` (raises for an unknown name)."""
+    return str(keras.activations.serialize(keras.activations.get(name)))
+
+
 def swap_activation(old: str | Sequence[str] = "relu", new: str = "swish") -> RuleSet:
     """Rules that replace activation(s) ``old`` by ``new`` everywhere (layers' and standalone ones).
 
@@ -126,11 +131,12 @@ def swap_activation(old: str | Sequence[str] = "relu", new: str = "swish") -> Ru
     Example:
         >>> rewriter.rewrite(model, swap_activation("relu", "gelu")).model  # doctest: +SKIP
     """
-    olds = (old,) if isinstance(old, str) else tuple(old)
-    if new in olds:
-        raise RewriteError(f"swap_activation: new={new!r} is among old={olds!r}; the swap would never end.")
-    keras.activations.get(new)  # raises a clear Keras error for an unknown name
-    label = "-".join(olds)
+    given = (old,) if isinstance(old, str) else tuple(old)
+    label = "-".join(given)
+    # configs store the canonical name ("swish" is serialized as "silu"): match both spellings
+    olds = tuple(dict.fromkeys([*given, *(_canonical(a) for a in given)]))
+    if new in olds or _canonical(new) in olds:
+        raise RewriteError(f"swap_activation: new={new!r} is among old={given!r}; the swap would never end.")
 
     def replace_argument(match: Any, x: Any) -> Any:
         return _rebuilt(match["layer"], x, activation=new)
