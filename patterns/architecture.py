@@ -11,7 +11,7 @@ Effects and reasoning, factory by factory:
 `conv_to_separable(depth_multiplier=1)`
     ``Conv2D(f, k)`` becomes ``SeparableConv2D(f, k, depth_multiplier=m)`` with the same strides, padding,
     dilation, activation and bias. Weights: the best rank-``m`` approximation of the kernel, per input
-    channel ``i``. A separable convolution computes ``sum_i conv(x_i, sum_m D[:, :, i, m] P[i*m' + m, :])``,
+    channel ``i``. A separable convolution computes ``sum_i conv(x_i, sum_j D[:, :, i, j] P[i*m + j, :])``,
     i.e. it restricts each input channel's ``(k*k, f)`` kernel slice ``W_i`` to rank ``m``; the truncated
     SVD ``W_i ~ U_m S_m V_m^T`` gives ``D[:, :, i, :] = U_m sqrt(S_m)`` and
     ``P[i*m:(i+1)*m, :] = sqrt(S_m) V_m^T`` (Eckart-Young: the closest in Frobenius norm). Exact when
