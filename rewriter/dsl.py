@@ -190,10 +190,6 @@ class _Layout:
             yield token
 
 
-_PARSER = Lark(
-    _GRAMMAR, start="program", parser="lalr", lexer="basic", postlex=_Layout(), propagate_positions=True
-)
-
 # ------------------------------------------------------------------------------------------- syntax tree
 
 
@@ -638,6 +634,11 @@ class _ToSyntax(Transformer):
             )
 
 
+_PARSER = Lark(
+    _GRAMMAR, start="program", parser="lalr", lexer="basic", postlex=_Layout(), propagate_positions=True
+)
+
+
 # -------------------------------------------------------------------------------------------- errors
 
 
@@ -796,8 +797,7 @@ def parse_syntax(text: str) -> PatternSyntax:
     if not isinstance(text, str):
         raise PatternError(f"Expected the pattern text as a str. Received: text={text!r}")
     try:
-        tree = _PARSER.parse(text)
-        chains = _ToSyntax().transform(tree)
+        chains = _ToSyntax().transform(_PARSER.parse(text))
     except UnexpectedInput as error:
         raise _from_lark(text, error) from None
     except VisitError as error:
