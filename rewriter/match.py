@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from rewriter.errors import MatchError, PatternError
@@ -111,8 +112,34 @@ class _GraphIndex:
     @property
     def order(self) -> list[str]:
         if self._order is None:
-            self._order = self.graph.topological_names()
+            if getattr(self.graph, "_topo_cache", None) is not None:
+                self._order = self.graph.topological_names()
+            else:
+                self._order = self._topological_order()
         return self._order
+
+    def _topological_order(self) -> list[str]:
+        """The order of `Graph.topological_names`, computed several times faster.
+
+        Kahn's algorithm with ties broken by insertion order, on plain dicts and a heap.
+        """
+        data, succ = self._node_data, self._succ
+        remaining = {name: len(preds) for name, preds in self._pred.items()}
+        heap = [(data[name]["order"], name) for name, count in remaining.items() if count == 0]
+        heapq.heapify(heap)
+        push, pop = heapq.heappush, heapq.heappop
+        order: list[str] = []
+        while heap:
+            _, name = pop(heap)
+            order.append(name)
+            for consumer in succ[name]:
+                count = remaining[consumer] - 1
+                remaining[consumer] = count
+                if count == 0:
+                    push(heap, (data[consumer]["order"], consumer))
+        if len(order) != len(data):
+            return self.graph.topological_names()  # raises GraphError naming the cycle
+        return order
 
     @property
     def topo_index(self) -> dict[str, int]:
@@ -298,6 +325,10 @@ class _Failure:
 _Tasks = Any  # a persistent stack: None or (task, rest)
 
 
+class _StopSearch(Exception):
+    """Raised inside the search once enough matches were found."""
+
+
 class _Search:
     """Depth-first matcher for one pattern *variant* (a choice of present/absent optional sinks)."""
 
@@ -322,13 +353,23 @@ class _Search:
         self.expanded: set[OpPattern] = set()
         self.record = record
         self.failure: _Failure | None = None
+        # Nodes constrained by op type names only: checked with one set lookup.
+        self.simple_types: dict[OpPattern, frozenset[str]] = {
+            p: frozenset(names)
+            for p in pattern.nodes
+            if not p.outputs
+            and not p.predicates
+            and all(not c.config for c in p.choices)
+            and (names := p.op_names()) is not None
+        }
         for p, g in (prebound or {}).items():
             self.bind[p] = g
             self.used[g] = p
 
     # ------------------------------------------------------------- entry
 
-    def run(self, anchor_candidates: list[str] | None) -> Iterator[Match]:
+    def run(self, anchor_candidates: list[str] | None, limit: int | None = None) -> list[Match]:
+        """All matches (at most ``limit``); ``None`` candidates: reach the first sink from prebound nodes."""
         tasks: _Tasks = None
         for sink in reversed(self.sinks[1:]):
             tasks = (("sink", sink), tasks)
@@ -336,7 +377,13 @@ class _Search:
             tasks = (("sink", self.sinks[0]), tasks)
         else:
             tasks = (("bind", self.sinks[0], anchor_candidates, None, True), tasks)
-        yield from self._solve(tasks)
+        self.results = []
+        self.limit = limit
+        try:
+            self._solve(tasks)
+        except _StopSearch:
+            pass
+        return self.results
 
     def _fail(self, reason: str) -> None:
         if not self.record:
@@ -347,24 +394,24 @@ class _Search:
 
     # ------------------------------------------------------------- steps
 
-    def _solve(self, tasks: _Tasks) -> Iterator[Match]:
+    def _solve(self, tasks: _Tasks) -> None:
         if tasks is None:
-            yield from self._complete()
+            self._complete()
             return
         task, rest = tasks
         kind = task[0]
         if kind == "bind":
-            yield from self._bind(task[1], task[2], task[3], task[4], rest)
+            self._bind(task[1], task[2], task[3], task[4], rest)
         elif kind == "expand":
-            yield from self._expand(task[1], rest)
+            self._expand(task[1], rest)
         elif kind == "tensor":
-            yield from self._tensor(task[1], task[2], rest)
+            self._tensor(task[1], task[2], rest)
         else:
-            yield from self._sink(task[1], rest)
+            self._sink(task[1], rest)
 
     def _bind(
         self, p: OpPattern, candidates: list[str], consumer: str | None, is_sink: bool, rest: _Tasks
-    ) -> Iterator[Match]:
+    ) -> None:
         found = False
         bound = self.bind.get(p)
         if bound is not None:
@@ -376,9 +423,9 @@ class _Search:
                 else:
                     self.expanded.add(p)
                     nxt = (("expand", p), rest)
-                for m in self._solve(nxt):
-                    found = True
-                    yield m
+                before = len(self.results)
+                self._solve(nxt)
+                found = found or len(self.results) > before
                 if p in self.expanded and nxt is not rest:
                     self.expanded.discard(p)
                 if consumer is not None:
@@ -388,24 +435,34 @@ class _Search:
                 self._fail(f"pattern node {p.label()} is already matched to {bound!r}, which is not {where}")
             return
         index = self.index
+        node_data = index._node_data
+        record = self.record
+        simple = self.simple_types.get(p)
         for cand in candidates:
+            if simple is not None and node_data[cand]["op_type"] not in simple:
+                if record:
+                    self._fail(f"node {cand!r} cannot be {p.label()}: {p.local_failure(index.node(cand))}")
+                continue
             owner = self.used.get(cand, False)
             if owner is not False:
-                other = owner.label() if owner is not None else "a variadic input"
-                self._fail(f"node {cand!r} cannot be {p.label()}: it is already matched as {other}")
+                if record:
+                    other = owner.label() if owner is not None else "a variadic input"
+                    self._fail(f"node {cand!r} cannot be {p.label()}: it is already matched as {other}")
                 continue
-            reason = p.local_failure(index.node(cand))
-            if reason is not None:
-                self._fail(f"node {cand!r} cannot be {p.label()}: {reason}")
-                continue
+            if simple is None:
+                reason = p.local_failure(node_data[cand]["node"])
+                if reason is not None:
+                    if record:
+                        self._fail(f"node {cand!r} cannot be {p.label()}: {reason}")
+                    continue
             self.bind[p] = cand
             self.used[cand] = p
             self.expanded.add(p)
             if consumer is not None:
                 self.edges.append((cand, consumer))
-            for m in self._solve((("expand", p), rest)):
-                found = True
-                yield m
+            before = len(self.results)
+            self._solve((("expand", p), rest))
+            found = found or len(self.results) > before
             if consumer is not None:
                 self.edges.pop()
             self.expanded.discard(p)
@@ -417,27 +474,27 @@ class _Search:
             self.absent.add(p)
             ins = p.inputs
             nxt = (("bind", ins[0], candidates, consumer, False), rest) if ins else rest
-            yield from self._solve(nxt)
+            self._solve(nxt)
             self.absent.discard(p)
 
-    def _expand(self, p: OpPattern, rest: _Tasks) -> Iterator[Match]:
+    def _expand(self, p: OpPattern, rest: _Tasks) -> None:
         g = self.bind[p]
         mode = p.input_mode
         if mode == "free":
             if not p.feeders:
-                yield from self._solve(rest)
+                self._solve(rest)
                 return
-            producers = self.index.producer_nodes(g)
+            producers = list(self.index._pred[g])  # distinct producer nodes
             tasks = rest
             for feeder in reversed(p.feeders):
                 tasks = (("bind", feeder, producers, g, False), tasks)
-            yield from self._solve(tasks)
+            self._solve(tasks)
         elif mode == "list":
-            yield from self._expand_list(p, g, rest)
+            self._expand_list(p, g, rest)
         else:
-            yield from self._expand_each(p, g, rest)
+            self._expand_each(p, g, rest)
 
-    def _expand_list(self, p: OpPattern, g: str, rest: _Tasks) -> Iterator[Match]:
+    def _expand_list(self, p: OpPattern, g: str, rest: _Tasks) -> None:
         ports = self.index.producers(g)
         items = p.input_list
         n = len(items)
@@ -449,7 +506,7 @@ class _Search:
             )
             return
         if not p.is_commutative_for(self.index.op_type(g)):
-            yield from self._solve(self._list_tasks(items, [ports[i] for i in range(n)], g, rest))
+            self._solve(self._list_tasks(items, [ports[i] for i in range(n)], g, rest))
             return
         compatible = [[j for j in range(len(ports)) if self._may_take(item, ports[j])] for item in items]
         for i, options in enumerate(compatible):
@@ -462,7 +519,7 @@ class _Search:
         for choice in itertools.product(*compatible):
             if len(set(choice)) < n:
                 continue
-            yield from self._solve(self._list_tasks(items, [ports[j] for j in choice], g, rest))
+            self._solve(self._list_tasks(items, [ports[j] for j in choice], g, rest))
 
     def _may_take(self, item: OpPattern | TensorPattern, port: Port) -> bool:
         if isinstance(item, TensorPattern):
@@ -486,7 +543,7 @@ class _Search:
                 tasks = (("bind", item, [port.node], g, False), tasks)
         return tasks
 
-    def _expand_each(self, p: OpPattern, g: str, rest: _Tasks) -> Iterator[Match]:
+    def _expand_each(self, p: OpPattern, g: str, rest: _Tasks) -> None:
         assert p.each is not None
         ports = self.index.producers(g)
         spec = p.each
@@ -503,7 +560,7 @@ class _Search:
                 if reason is not None:
                     self._fail(f"input {_port_text(port)} of {g!r}: {reason}")
                     return
-            yield from self._solve(rest)
+            self._solve(rest)
             return
         added: list[str] = []
         ok = True
@@ -525,7 +582,7 @@ class _Search:
         if ok:
             self.extras.extend(added)
             self.edges.extend((name, g) for name in added)
-            yield from self._solve(rest)
+            self._solve(rest)
             del self.edges[len(self.edges) - len(added) :]
             del self.extras[len(self.extras) - len(added) :]
         for name in added:
@@ -544,7 +601,7 @@ class _Search:
                     return f"tensor {item.describe()}: {reason.replace('output 0', 'the tensor')}"
         return None
 
-    def _tensor(self, item: TensorPattern, port: Port, rest: _Tasks) -> Iterator[Match]:
+    def _tensor(self, item: TensorPattern, port: Port, rest: _Tasks) -> None:
         reason = self._tensor_failure(item, port)
         if reason is not None:
             self._fail(reason)
@@ -552,19 +609,19 @@ class _Search:
         fresh = item not in self.tensors
         if fresh:
             self.tensors[item] = port
-        yield from self._solve(rest)
+        self._solve(rest)
         if fresh:
             del self.tensors[item]
 
-    def _sink(self, sink: OpPattern, rest: _Tasks) -> Iterator[Match]:
+    def _sink(self, sink: OpPattern, rest: _Tasks) -> None:
         if sink in self.bind and sink in self.expanded:
-            yield from self._solve(rest)
+            self._solve(rest)
             return
         if sink in self.bind:  # prebound (explain): reach it through a bind task
-            yield from self._bind(sink, [self.bind[sink]], None, True, rest)
+            self._bind(sink, [self.bind[sink]], None, True, rest)
             return
         candidates = self._forward_candidates(sink)
-        yield from self._bind(sink, candidates, None, True, rest)
+        self._bind(sink, candidates, None, True, rest)
 
     def _forward_candidates(self, sink: OpPattern) -> list[str]:
         """Candidates for a sink not yet bound: walk forward from a bound ancestor, else the op index."""
@@ -620,7 +677,7 @@ class _Search:
         order = self.index.topo_index
         return sorted(frontier, key=order.__getitem__)
 
-    def _complete(self) -> Iterator[Match]:
+    def _complete(self) -> None:
         sink_nodes = tuple(dict.fromkeys(self.bind[s] for s in self.sinks))
         nodes = frozenset(itertools.chain(self.bind.values(), self.extras))
         match = Match(
@@ -644,7 +701,9 @@ class _Search:
             if not ok:
                 self._fail(f"the where= predicate rejected the match {match!r}")
                 return
-        yield match
+        self.results.append(match)
+        if self.limit is not None and len(self.results) >= self.limit:
+            raise _StopSearch
 
 
 def _item_label(item: OpPattern | TensorPattern) -> str:
@@ -710,7 +769,7 @@ def _is_preempted(index: _GraphIndex, pattern: Pattern, variant: _Variant, match
             candidates = [match.bindings[first]]
         else:
             candidates = None
-        if next(iter(search.run(candidates)), None) is not None:
+        if search.run(candidates, limit=1):
             return True
     return False
 
@@ -852,8 +911,7 @@ def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
         )
         for role, prebound, candidates in tries:
             search = _Search(index, pat, variant.sinks, variant.absent, prebound=prebound, record=True)
-            for _ in search.run(candidates):
-                break
+            search.run(candidates, limit=1)
             failure = search.failure
             if failure is not None and (best is None or failure.depth > best.depth):
                 best, best_role = failure, role.label()
