@@ -499,3 +499,68 @@ def test_find_with_values_one_of_and_open_lists() -> None:
     ) == ["a4"]
     assert len(rewriter.find(model, "[x:Conv2D(filters=4), ...] -> Concatenate")) == 1
     assert rewriter.find(model, "[*, *, *] -> Concatenate") == []
+
+
+# ------------------------------------------------------------------------------------ property: round trip
+
+from hypothesis import assume, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = ["Conv2D", "Dense", "ReLU", "BatchNormalization", "Activation", "Add", "Concatenate", "_"]
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1000, 1000),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6),
+)
+_values = st.recursive(
+    _scalars, lambda inner: st.tuples(inner, inner) | st.lists(inner, max_size=3), max_leaves=5
+)
+
+
+@st.composite
+def _random_patterns(draw: st.DrawFn) -> Pattern:
+    nodes = []
+    for index in range(draw(st.integers(1, 6))):
+        config = {
+            key: draw(
+                st.one_of(_values, st.builds(lambda *v: one_of(*v), _scalars, _scalars), st.just(anything()))
+            )
+            for key in draw(
+                st.lists(st.sampled_from(["units", "padding", "axis", "rate"]), max_size=2, unique=True)
+            )
+        }
+        kinds = draw(st.lists(st.sampled_from(_OPS), min_size=1, max_size=2, unique=True))
+        node = None
+        for kind in kinds:
+            choice = any_op(**config) if kind == "_" else op(kind, **config)
+            node = choice if node is None else node | choice
+        if draw(st.booleans()):
+            node.named(f"n{index}")
+        if draw(st.integers(0, 4)) == 0:
+            node.output(rank=draw(st.integers(1, 4)))
+        if nodes:
+            mode = draw(st.sampled_from(["chain", "list", "none"]))
+            if mode == "chain":
+                draw(st.sampled_from(nodes)) >> node
+            elif mode == "list":
+                picks = draw(st.lists(st.sampled_from(nodes), min_size=1, max_size=3))
+                extra = [tensor("t")] if draw(st.booleans()) else []
+                node.set_inputs([*picks, *extra, ...] if draw(st.booleans()) else [*picks, *extra])
+        nodes.append(node)
+    consumed = {i.uid for n in nodes for i in n.inputs}
+    sinks = [n for n in nodes if n.uid not in consumed]
+    try:
+        return Pattern(*sinks)
+    except PatternError:
+        assume(False)
+        raise
+
+
+@given(_random_patterns())
+def test_random_patterns_print_and_parse_back_equal(pattern: Pattern) -> None:
+    text = str(pattern)
+    parsed = parse_pattern(text)
+    assert parsed == pattern, text
+    assert str(parsed) == text
