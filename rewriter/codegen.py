@@ -66,6 +66,7 @@ from rewriter.lift import _is_model_layer, _template, lift
 __all__ = ["CodegenError", "load_source", "to_source"]
 
 _WIDTH = 100
+_MAX_ARRAY_SIZE = 4096
 _INDENT = "    "
 
 
@@ -162,8 +163,12 @@ def _literal(value: Any, tensors: list[str] | None = None) -> Any:
         return "..."
     if isinstance(value, np.generic):
         return f"np.{value.dtype.name}({_flat(_literal(value.item()))})"
+    if keras.ops.is_tensor(value) and not isinstance(value, keras.KerasTensor):
+        return _Call("ops.convert_to_tensor", [_literal(keras.ops.convert_to_numpy(value))])
     if isinstance(value, np.ndarray):
-        return _Call("np.array", [_literal(value.tolist()), f"dtype={value.dtype.name!r}"])
+        if value.size > _MAX_ARRAY_SIZE:
+            raise _Unrenderable(f"array of {value.size} elements (more than {_MAX_ARRAY_SIZE})")
+        return _Call("np.array", [_literal(value.tolist()), f"dtype={_string(value.dtype.name)}"])
     if isinstance(value, slice):
         return _Call(
             "slice",
@@ -421,8 +426,11 @@ class _ModuleWriter:
         for note in dict.fromkeys(self.notes):
             header += ["", *textwrap.wrap(note, _WIDTH - 4)]
         header += ['"""', ""]
-        lines = header + self._import_lines() + ["", ""]
         helpers = self._helper_sources()
+        code = "\n\n".join([*helpers, *bodies])
+        used = {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
+        self.uses |= used & {"layers", "ops", "np"}
+        lines = header + self._import_lines() + ["", ""]
         for helper in helpers:
             lines += [helper, "", ""]
         lines += ["\n\n\n".join(reversed(bodies)), ""]
@@ -574,25 +582,17 @@ class _ModuleWriter:
             shared = node.layer is not None and (
                 calls.get(id(node.layer), 0) > 1 or plan.shared_object or id(node.layer) in layer_vars
             )
-            if plan.expression is not None:
-                expression = plan.expression(tensors)
-            else:
-                if shared:
-                    if id(node.layer) not in layer_vars:
-                        base = _identifier(node.layer_name, "layer")
-                        var = local.fresh(base if plan.shared_object else f"{base}_layer")
-                        local.taken.add(var)
-                        layer_vars[id(node.layer)] = var
-                        body.append(_statement(var, plan.constructor))
-                    callee: Any = layer_vars[id(node.layer)]
-                else:
-                    callee = plan.constructor
-                expression = _Call(callee, _call_arguments(node, tensors))
+            try:
+                expression = self._call_expression(node, plan, tensors, shared, layer_vars, local, body)
+            except _Unrenderable as error:
+                stub = self._unavailable(node, f"a call argument is a {error}")
+                body += [f"{_INDENT}# {line}" for line in textwrap.wrap(stub.comment or "", _WIDTH - 6)]
+                expression = _Call(stub.constructor, [_Call("list", [])])
             targets = _output_names(node, local, shared)
+
             for index, var in enumerate(targets):
                 tensor_names[Port(node.name, index)] = var
             if len(targets) > 1 and _returns_structure(node):
-                self.uses.add("keras")
                 expression = _Call("keras.tree.flatten", [expression])
             body.append(_statement(", ".join(targets), expression))
         inputs = _structure_doc(graph.input_structure, lambda n: tensor_names[Port(n, 0)])
@@ -607,6 +607,29 @@ class _ModuleWriter:
         )
         body.append(_INDENT + "return " + _format(model, 4, 11))
         return "\n".join(body)
+
+    def _call_expression(
+        self,
+        node: Node,
+        plan: _Plan,
+        tensors: list[str],
+        shared: bool,
+        layer_vars: dict[int, str],
+        local: _Namer,
+        body: list[str],
+    ) -> Any:
+        """The expression calling ``node``'s layer (binding a shared layer to a variable first)."""
+        if plan.expression is not None:
+            return plan.expression(tensors)
+        arguments = _call_arguments(node, tensors)
+        if not shared:
+            return _Call(plan.constructor, arguments)
+        if id(node.layer) not in layer_vars:
+            base = _identifier(node.layer_name, "layer")
+            var = local.fresh(base if plan.shared_object else f"{base}_layer")
+            layer_vars[id(node.layer)] = var
+            body.append(_statement(var, plan.constructor))
+        return _Call(layer_vars[id(node.layer)], arguments)
 
     def pending_model(self, builder: str) -> Any:
         return next(model for model, name in self.pending if name == builder)
@@ -671,7 +694,6 @@ class _ModuleWriter:
         """A source expression naming ``cls`` (and the import it needs)."""
         name = cls.__name__
         if getattr(keras.layers, name, None) is cls:
-            self.uses.add("layers")
             return f"layers.{name}"
         top = cls.__module__.split(".")[0]
         if top not in ("keras", "__main__"):
@@ -770,8 +792,6 @@ class _ModuleWriter:
             if rendered is not None:
                 return rendered
         doc = _literal(value)
-        if "np." in _flat(doc):
-            self.uses.add("np")
         return doc, value
 
     def _keras_object(self, key: str, value: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -803,8 +823,6 @@ class _ModuleWriter:
 
     def _config_literal(self, config: dict[str, Any]) -> Any:
         doc = _literal(config)
-        if "np." in _flat(doc):
-            self.uses.add("np")
         return doc
 
     # ---------------------------------------------------------------- Lambda layers
@@ -858,13 +876,9 @@ class _ModuleWriter:
             value = function.__globals__.get(name_node.id, getattr(builtins, name_node.id, None))
             if hasattr(builtins, name_node.id) and name_node.id not in function.__globals__:
                 continue
-            if value is keras.ops and name_node.id == "ops":
-                self.uses.add("ops")
-            elif value is keras and name_node.id == "keras":
-                pass
-            elif value is np and name_node.id == "np":
-                self.uses.add("np")
-            elif isinstance(value, types.ModuleType):
+            if (name_node.id, value) in (("ops", keras.ops), ("keras", keras), ("np", np)):
+                continue
+            if isinstance(value, types.ModuleType):
                 self.import_module(value.__name__, name_node.id)
             else:
                 raise _Unrenderable(f"the lambda reads the global {name_node.id!r}, which is not a module")
@@ -895,15 +909,12 @@ class _ModuleWriter:
             )
         if form.startswith("function:"):
             path = form.split(":", 1)[1]
-            self.uses.add("ops")
-            function = _resolve(path)
-            kept = _function_kwargs(function, config)
+            extra, keywords = _function_arguments(_resolve(path), node, config) or ([], {})
             return _Plan(
                 expression=lambda t: _Call(
                     path.replace("keras.ops", "ops", 1),
-                    [_literal(a, t) for a in node.call_args]
-                    + [_Pair(k, "=", _literal(v, t)) for k, v in node.call_kwargs.items()]
-                    + [_Pair(k, "=", _literal(v)) for k, v in kept.items()],
+                    [_literal(a, t) for a in [*node.call_args, *extra]]
+                    + [_Pair(k, "=", _literal(v, t)) for k, v in keywords.items()],
                 )
             )
         cls = type(op)
@@ -939,10 +950,13 @@ class _ModuleWriter:
             candidates.append((f"infix:{symbol}", lambda: operator_fn(args[0], args[1])))
         for path in _op_function_paths(type(op)):
             function = _resolve(path)
-            kept = _function_kwargs(function, config)
-            if kept is None:
+            arguments = _function_arguments(function, node, config)
+            if arguments is None:
                 continue
-            candidates.append((f"function:{path}", lambda fn=function, kw=kept: fn(*args, **kwargs, **kw)))
+            extra, keywords = fill(arguments)
+            candidates.append(
+                (f"function:{path}", lambda fn=function, e=extra, k=keywords: fn(*args, *e, **k))
+            )
         candidates.append(("class", lambda: type(op)(**config)(*args, **kwargs)))
         for form, attempt in candidates:
             try:
@@ -969,6 +983,10 @@ _INFIX = {
     "Mod": "%",
     "Power": "**",
     "Matmul": "@",
+    "Greater": ">",
+    "GreaterEqual": ">=",
+    "Less": "<",
+    "LessEqual": "<=",
 }
 
 _OPERATORS = {
@@ -980,6 +998,10 @@ _OPERATORS = {
     "%": lambda a, b: a % b,
     "**": lambda a, b: a**b,
     "@": lambda a, b: a @ b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
 }
 
 
@@ -1006,21 +1028,43 @@ def _resolve(path: str) -> Any:
     return obj
 
 
-def _function_kwargs(function: Any, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The config entries to pass to ``function`` (defaults dropped), or None if it does not take them."""
+def _function_arguments(
+    function: Any, node: Node, config: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]] | None:
+    """Arguments after the recorded positional ones for ``function(...)``: (positional, keyword).
+
+    The op's config entries and the call's keyword arguments are merged; those equal to the function's
+    defaults are dropped; required ones that follow the recorded positional arguments become positional.
+    Returns None when ``function`` does not take them.
+    """
     try:
-        params = inspect.signature(function).parameters
+        params = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):
         return None
-    kept = {}
-    for key, value in config.items():
-        if key not in params:
+    by_name = {p.name: p for p in params}
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    merged: dict[str, Any] = {}
+    for key, value in [*node.call_kwargs.items(), *config.items()]:
+        param = by_name.get(key)
+        if param is None or key in merged:
             return None
-        default = params[key].default
-        if default is not inspect.Parameter.empty and _is_default(key, value, default):
+        empty = inspect.Parameter.empty
+        if param.default is not empty and not _has_ref(value) and _is_default(key, value, param.default):
             continue
-        kept[key] = value
-    return kept
+        merged[key] = value
+    positional: list[Any] = []
+    for param in params[len(node.call_args) :]:
+        if param.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or param.name not in merged:
+            break
+        if param.default is not inspect.Parameter.empty:
+            break
+        positional.append(merged.pop(param.name))
+    return positional, merged
+
+
+def _has_ref(value: Any) -> bool:
+    return any(isinstance(item, TensorRef) for item in keras.tree.flatten(value))
 
 
 def _same_op(result: Any, node: Node, op: Any, config: dict[str, Any], inputs: list[Any]) -> bool:
