@@ -888,6 +888,14 @@ class _Builder:
                     node.line,
                     node.column,
                 )
+            if node.capture in known_op_names():
+                raise self.error(
+                    f"Capture name {node.capture!r} is also an op class name, so a later bare "
+                    f"{node.capture!r} would be ambiguous; choose another name (e.g. "
+                    f"{node.capture.lower()!r})",
+                    node.line,
+                    node.column,
+                )
             self.definitions[node.capture] = node
         for chain in self.syntax.chains:
             self._chain(chain)
@@ -976,6 +984,15 @@ class _Builder:
 
     def _node(self, syntax: NodeSyntax) -> OpPattern:
         reference = syntax.bare_name
+        if reference is None and syntax.capture is None and len(syntax.alternatives) == 1:
+            alone = syntax.alternatives[0]
+            if not alone.has_arguments and alone.name in self.definitions:
+                raise self.error(
+                    f"{alone.name!r} refers to a captured node: mark it optional ('?') or constrain its "
+                    f"outputs where it is defined ({alone.name}:...), not where it is used",
+                    syntax.line,
+                    syntax.column,
+                )
         if reference is not None and reference in self.definitions:
             if self.definitions[reference] is not syntax and reference in self.captured:
                 return self.captured[reference]

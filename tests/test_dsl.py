@@ -410,6 +410,8 @@ def test_unknown_dotted_name() -> None:
         ("Conv2D{outputs(rank=4)}", "output(rank=", 8),
         ("Conv2D{output(size=3)}", "constrains only", 15),
         ("Conv2D(padding=pick('same'))", "one_of", 16),
+        ("ReLU:Conv2D -> ReLU", "also an op class name", 1),
+        ("x:Conv2D -> ReLU; x? -> Dense", "refers to a captured node", 19),
     ],
 )
 def test_structural_errors_have_positions(text: str, fragment: str, column: int) -> None:
