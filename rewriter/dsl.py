@@ -16,13 +16,21 @@ Meaning:
 * ``[P, Q] -> C``: ``P`` and ``Q`` are ``C``'s complete input list, in that order (any order when ``C``
   is commutative). Each item of the list may itself be a chain: ``[Conv2D -> ReLU, _] -> Add``. A last
   item ``...`` leaves the list open: ``[x, ...] -> Concatenate`` means "``x`` first, then any inputs".
-* ``name:`` captures a node; a bare name used again refers to the same node.
+* ``$x`` in an input list is a tensor entering the match (the same tensor wherever ``$x`` appears), ``*``
+  any tensor; ``each(Conv2D, min=2) -> Concatenate`` gives variadic inputs.
+* ``name:`` captures a node; a bare name used again refers to the same node (even before its
+  definition). A name starting with ``_`` (``_c:Conv2D``) labels a node for reuse without capturing it.
 * ``?`` after a node marks it optional; ``_`` is any single op; ``A | B`` are alternatives.
-* ``Op(key=value, ...)`` constrains config values: ``key=literal`` (equality), ``key in [a, b]``
-  (one of), ``key=_`` (anything). Literals are Python literals parsed by the grammar: numbers (negative,
-  float, scientific), strings, tuples, lists, dicts, ``None``, ``True``, ``False``.
-* A line continues when it ends, or the next one starts, with ``->`` or ``|``; new lines inside
-  brackets never end a chain.
+* ``Op(key=value, ...)`` constrains config values: ``key=literal`` (equality), ``key in [a, b]`` or
+  ``key=one_of(a, b)`` (one of), ``key=_`` or ``key=anything()`` (anything). Literals are Python
+  literals parsed by the grammar: numbers (negative, float, scientific), strings, tuples, lists, dicts,
+  ``None``, ``True``, ``False``.
+* ``Op{output(rank=4, shape=(None, 8), dtype="float32", index=0)}`` constrains outputs.
+* ``# ...`` is a comment. A line continues when it ends, or the next one starts, with ``->`` or ``|``;
+  new lines inside brackets never end a chain.
+
+``str(pattern)`` prints any pattern (without Python predicates) in this language, and parsing the printed
+text gives an equal pattern.
 
 Parsing happens in two layers: `parse_syntax` turns the text into a small syntax tree (`PatternSyntax`,
 independent of the pattern model) and reports syntax errors with line, column, a caret and what was
