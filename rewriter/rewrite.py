@@ -231,6 +231,20 @@ class _Session:
         self.vetoed: list[tuple[str, str, str]] = []
         self.skipped: list[tuple[str, str, str]] = []
         self._temp = itertools.count()
+        self._placeholders: dict[TensorSpec, list[Any]] = {}
+
+    def placeholders(self, specs: Sequence[TensorSpec]) -> list[Any]:
+        """One symbolic input per spec; reused across applications (their calls are forgotten after)."""
+        out: list[Any] = []
+        used: collections.Counter[TensorSpec] = collections.Counter()
+        for spec in specs:
+            pool = self._placeholders.setdefault(spec, [])
+            k = used[spec]
+            used[spec] += 1
+            if k == len(pool):
+                pool.append(keras.Input(batch_shape=spec.shape, dtype=spec.dtype))
+            out.append(pool[k])
+        return out
 
     def temp_name(self) -> str:
         return f"__rewrite_new_{next(self._temp)}"
@@ -348,10 +362,7 @@ def _call_replacement(session: _Session, rule: Rule, match: Any) -> tuple[Graph,
     """Run the replacement on placeholders; return the lifted mini-graph (or a reason to skip)."""
     graph = session.graph
     input_ports = list(match.inputs)
-    placeholders = []
-    for port in input_ports:
-        spec = _input_spec(graph, port)
-        placeholders.append(keras.Input(batch_shape=spec.shape, dtype=spec.dtype))
+    placeholders = session.placeholders([_input_spec(graph, port) for port in input_ports])
     where = f"match at {getattr(match, 'anchor', '?')!r} (nodes {list(match.nodes)})"
     try:
         result = rule.replacement(match, *placeholders)
