@@ -26,8 +26,10 @@ How it works:
 3. **Building the pattern.** Each traced node becomes a pattern node of the same class, whose inputs are
    the complete, ordered list of its producers (free order for commutative ops such as ``Add``). Each
    parameter becomes an "any producer" boundary: it matches whatever tensor enters the subgraph, and a
-   parameter used twice must be the same tensor both times. Shapes in the example do not constrain the
-   match unless ``shapes=True`` (output shapes, batch dimension free) or ``shapes="rank"``.
+   parameter used twice must be the same tensor both times. Literal operands of ``keras.ops`` calls
+   (``ops.multiply(x, 0.5)``) must be equal too (a node predicate; any position for commutative ops).
+   Shapes in the example do not constrain the match unless ``shapes=True`` (output shapes, batch
+   dimension free) or ``shapes="rank"``.
 
 Example:
     >>> import keras
@@ -50,8 +52,8 @@ from typing import Any
 import keras
 
 from rewriter.errors import PatternError
-from rewriter.graph import Graph
-from rewriter.pattern import OpPattern, Pattern, TensorPattern, op, tensor
+from rewriter.graph import Graph, TensorRef
+from rewriter.pattern import COMMUTATIVE_OPS, OpPattern, Pattern, TensorPattern, op, tensor
 
 __all__ = ["pattern_from_example", "trace_example"]
 
@@ -358,6 +360,9 @@ def pattern_from_example(
             constraint = _shape_constraint(spec, shapes)
             if constraint:
                 pattern_node.output(index=index, **constraint)
+        literal_check = _literal_arguments_check(node)
+        if literal_check is not None:
+            pattern_node.where(*literal_check)
         items = [
             nodes[port.node] if port.node in nodes else boundary[port.node]
             for port in graph.producers(node.name)
@@ -366,6 +371,38 @@ def pattern_from_example(
         nodes[node.name] = pattern_node
     sinks = list(dict.fromkeys(nodes[port.node] for port in graph.outputs))
     return Pattern(*sinks, where=where, name=label)
+
+
+def _literal_arguments(node: Any) -> list[tuple[int, Any]]:
+    """``(position, value)`` of the non-tensor positional arguments of an op call (``ops.add(x, 1.0)``)."""
+    return [(i, a) for i, a in enumerate(node.call_args) if not _contains_tensor_ref(a)]
+
+
+def _contains_tensor_ref(value: Any) -> bool:
+    return any(isinstance(v, TensorRef) for v in keras.tree.flatten(value))
+
+
+def _literal_arguments_check(node: Any) -> tuple[Callable[[Any], bool], str] | None:
+    """A node predicate requiring the literal operands written in the example (``ops.multiply(x, 0.5)``).
+
+    Only for ``keras.ops`` calls (layers take their constants in the constructor). For commutative ops the
+    literals may be at any position.
+    """
+    if isinstance(node.layer, keras.layers.Layer):
+        return None
+    wanted = _literal_arguments(node)
+    if not wanted:
+        return None
+    commutative = node.op_type in COMMUTATIVE_OPS
+    wanted_key = sorted(repr(v) for _, v in wanted) if commutative else [(i, repr(v)) for i, v in wanted]
+
+    def same_literals(candidate: Any) -> bool:
+        found = _literal_arguments(candidate)
+        key = sorted(repr(v) for _, v in found) if commutative else [(i, repr(v)) for i, v in found]
+        return key == wanted_key
+
+    values = ", ".join(repr(v) for _, v in wanted)
+    return same_literals, f"literal operands {values}"
 
 
 def _shape_constraint(spec: Any, shapes: bool | str) -> dict[str, Any]:

@@ -242,3 +242,27 @@ def test_bad_shapes_option() -> None:
 def test_function_accepted_wherever_a_pattern_is() -> None:
     found = rewriter.find(_conv_pool_model(), _conv_pool)
     assert [m.nodes for m in found] == [["c1", "p1"], ["c2", "p2"], ["c6", "p6"]]
+
+
+def test_literal_operands_of_ops_calls_must_be_equal() -> None:
+    x = keras.Input((4,))
+    model = keras.Model(
+        x,
+        [
+            ops.multiply(x, 0.5),
+            ops.multiply(2.0, x),
+            ops.multiply(x, 2.0),
+            ops.subtract(x, 1.0),
+            ops.subtract(1.0, x),
+        ],
+    )
+    graph = rewriter.lift(model)
+    doubles = rewriter.find(graph, pattern_from_example(lambda t: ops.multiply(t, 2.0)))
+    # Multiply is commutative: 2.0 * x and x * 2.0 both match, x * 0.5 does not
+    expected = [n.name for n in graph.nodes_of_type("Multiply") if 2.0 in n.call_args]
+    assert [m.anchor for m in doubles] == expected and len(expected) == 2
+    minus_one = rewriter.find(graph, pattern_from_example(lambda t: ops.subtract(t, 1.0)))
+    assert [m.anchor for m in minus_one] == [
+        n.name for n in graph.nodes_of_type("Subtract") if n.call_args[1] == 1.0
+    ]
+    assert len(minus_one) == 1
