@@ -118,6 +118,9 @@ def _format(doc: Any, indent: int, used: int, reserve: int = 0) -> str:
         return head + _format(doc.value, indent, used + len(head), reserve)
     if isinstance(doc, _Call):
         args_flat = f"({', '.join(_flat(a) for a in doc.args)})"
+        func_flat = _flat(doc.func)
+        if len(args_flat) > 40 and used + len(func_flat) + 1 <= _WIDTH:
+            return func_flat + _exploded("(", ")", doc.args, indent)
         head = _format(doc.func, indent, used, reserve=len(args_flat) + reserve)
         last = len(head) - head.rfind("\n") - 1 if "\n" in head else used + len(head)
         if last + len(args_flat) + reserve <= _WIDTH or not doc.args:

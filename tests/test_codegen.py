@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -409,18 +408,6 @@ def test_source_passes_ruff(tmp_path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_generated_module_runs_as_a_script(tmp_path) -> None:
-    path = tmp_path / "generated_mlp.py"
-    path.write_text(rewriter.to_source(_mlp()))
-    code = f"import runpy; m = runpy.run_path({str(path)!r})['build_model'](); print(m.name, len(m.weights))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-2:] == ["mlp", str(len(_mlp().weights))]
 
 
 @given(functional_models(max_ops=6))
