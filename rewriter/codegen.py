@@ -700,7 +700,10 @@ class _ModuleWriter:
             return f"layers.{name}"
         top = cls.__module__.split(".")[0]
         if top not in ("keras", "__main__"):
-            package = importlib.import_module(top)
+            try:
+                package = importlib.import_module(top)
+            except Exception:
+                package = None
             public = getattr(getattr(package, "layers", None), name, None)
             if public is cls:
                 alias = self.import_module(top, top)
