@@ -149,10 +149,13 @@ def test_to_source_round_trips(model: keras.Model) -> None:
 
 
 def _chain(depth: int, width: int = 4) -> keras.Model:
+    """A ``depth``-op chain: a Dense every tenth op, ReLU otherwise (stateless ops keep the test fast)."""
     x = inputs = keras.Input((width,), name="x")
-    for index in range(depth // 2):
-        x = layers.Dense(width, name=f"dense_{index}")(x)
-        x = layers.ReLU(name=f"relu_{index}")(x)
+    for index in range(depth):
+        if index % 10 == 0:
+            x = layers.Dense(width, name=f"dense_{index}")(x)
+        else:
+            x = layers.ReLU(name=f"relu_{index}")(x)
     return keras.Model(inputs, x, name=f"chain_{depth}")
 
 
