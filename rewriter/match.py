@@ -95,7 +95,11 @@ class _GraphIndex:
     def producer_nodes(self, name: str) -> list[str]:
         nodes = self._producer_nodes.get(name)
         if nodes is None:
-            nodes = list(dict.fromkeys(p.node for p in self.producers(name)))
+            preds = self._pred[name]
+            if len(preds) <= 1:
+                nodes = list(preds)
+            else:  # argument order, not edge insertion order: the same on a copy of the graph
+                nodes = list(dict.fromkeys(p.node for p in self.producers(name)))
             self._producer_nodes[name] = nodes
         return nodes
 
@@ -484,7 +488,7 @@ class _Search:
             if not p.feeders:
                 self._solve(rest)
                 return
-            producers = list(self.index._pred[g])  # distinct producer nodes
+            producers = self.index.producer_nodes(g)
             tasks = rest
             for feeder in reversed(p.feeders):
                 tasks = (("bind", feeder, producers, g, False), tasks)
@@ -845,7 +849,7 @@ def _resolve_at(graph: Graph, at: Any) -> str:
     calls = [n.name for n in graph.topological() if n.layer_name == at]
     if calls:
         return calls[0]
-    close = difflib.get_close_matches(at, list(graph.nx.nodes), n=3)
+    close = difflib.get_close_matches(at, list(graph.nx.nodes), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise MatchError(
         f"explain(at={at!r}): graph {graph.name!r} has no node or layer named {at!r}.{hint} "
