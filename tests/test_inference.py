@@ -300,3 +300,9 @@ def test_applications_fold_every_batchnorm_and_keep_outputs(name: str) -> None:
     assert inference.foldable_batchnorms(result.model) == []
     assert result.model.count_params() < model.count_params()
     assert _relative_error(model, result.model, random_inputs(model, seed=1)) < RTOL
+
+
+def test_refusal_reasons_appear_in_the_report() -> None:
+    model = _two_use_model()
+    report = _rewrite(model).report()
+    assert "fold-batchnorm-into-Conv2D" in report and "also used outside" in report

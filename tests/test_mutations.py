@@ -293,3 +293,22 @@ def _plain_nets(draw: st.DrawFn) -> keras.Model:
 def test_random_function_preserving_chains_on_plain_nets(model: keras.Model, seed: int) -> None:
     result = mutations.mutate(model, seed=seed, steps=3, function_preserving=True)
     assert _relative_error(model, result.model, random_inputs(model, seed=2)) < RTOL, result.history
+
+
+def test_no_applicable_operator_is_a_clear_error() -> None:
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, layers.Dense(3, name="only")(x))  # its output is the model output
+    with pytest.raises(mutations.MutationError, match="none of the operators"):
+        mutations.mutate(model, seed=0, kinds=["widen"])
+
+
+@pytest.mark.slow
+def test_function_preserving_mutations_on_mobilenetv2() -> None:
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=5, classifier_activation=None
+    )
+    found = mutations.applicable(model, function_preserving=True)
+    assert {"widen", "deepen", "add_skip", "change_kernel_size"} <= set(found)
+    result = mutations.mutate(model, seed=3, steps=3, function_preserving=True)
+    assert len(result.model.layers) >= len(model.layers)
+    assert _relative_error(model, result.model, random_inputs(model, seed=0)) < RTOL
