@@ -232,6 +232,9 @@ class _Session:
         self.skipped: list[tuple[str, str, str]] = []
         self._temp = itertools.count()
         self._placeholders: dict[TensorSpec, list[Any]] = {}
+        self.atol = 1e-4
+        self.rtol = 1e-3
+        self.check_locally = True
 
     def placeholders(self, specs: Sequence[TensorSpec]) -> list[Any]:
         """One symbolic input per spec; reused across applications (their calls are forgotten after)."""
@@ -404,6 +407,8 @@ def _apply(session: _Session, rule: Rule, match: Any) -> _Outcome | str | None:
     mini, _, input_ports = called
     members = list(match.nodes)
     member_set = set(members)
+    if rule.function_preserving and session.check_locally:
+        _check_locally(graph, rule.name, match, mini, input_ports, session.atol, session.rtol)
 
     # Map mini-graph ports to graph ports; detect kept nodes (same layer called on the same inputs).
     port_map: dict[Port, Port] = {}
@@ -508,6 +513,55 @@ def _apply(session: _Session, rule: Rule, match: Any) -> _Outcome | str | None:
     region = set(new_names) | starts | {p.node for p in input_ports if p.node in graph} | kept
     touched = member_set | set(new_names) | starts | changed
     return _Outcome(tuple(members), new_names, touched, region)
+
+
+def _evaluate(graph: Graph, names: Iterable[str], env: dict[Port, Any]) -> None:
+    """Run the nodes ``names`` (topological order) eagerly on the arrays in ``env``; add their outputs."""
+    for name in names:
+        node = graph.node(name)
+        if node.is_input:
+            continue
+        outputs = keras.tree.flatten(call_node(node, [env[p] for p in graph.producers(name)]))
+        for index, value in enumerate(outputs):
+            env[Port(name, index)] = keras.ops.convert_to_numpy(value)
+
+
+def _check_locally(
+    graph: Graph, rule: str, match: Any, mini: Graph, input_ports: list[Port], atol: float, rtol: float
+) -> None:
+    """Compare the matched subgraph with its replacement on random inputs (inference mode)."""
+    rng = np.random.default_rng(0)
+    arrays = []
+    for port in input_ports:
+        spec = _input_spec(graph, port)
+        arrays.append(_random_array(spec.shape, spec.dtype, rng))
+    try:
+        before = dict(zip(input_ports, arrays))
+        _evaluate(graph, match.nodes, before)
+        want = [before[p] for p in match.outputs]
+    except Exception:
+        return  # the matched part cannot run on its own (e.g. unknown sizes): the end-to-end check remains
+    after = {Port(name, 0): array for name, array in zip(mini.inputs, arrays)}
+    try:
+        _evaluate(mini, mini.topological_names(), after)
+    except Exception as error:
+        raise RewriteError(
+            f"Function-preserving rule {rule!r}: the replacement at {match.anchor!r} cannot run on the "
+            f"inputs the matched layers take: {error}"
+        ) from error
+    for index, (a, b) in enumerate(zip(want, (after[p] for p in mini.outputs))):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or not np.allclose(b, a, atol=atol, rtol=rtol, equal_nan=True):
+            size = float(np.max(np.abs(a.astype("float64") - b))) if a.shape == b.shape and a.size else None
+            what = (
+                f"differs by up to {size:.3g}" if size is not None else f"has shape {b.shape}, not {a.shape}"
+            )
+            raise RewriteError(
+                f"Function-preserving rule {rule!r} changes what the model computes at {match.anchor!r} "
+                f"(nodes {list(match.nodes)}): output {index} of the replacement {what} on random inputs "
+                f"(tolerance atol={atol}, rtol={rtol}). Fix the replacement (or its computed weights), or "
+                "drop function_preserving=True."
+            )
 
 
 def _resolve(port: Port, temp_of: dict[str, str]) -> Port:
@@ -815,19 +869,20 @@ def _renumber_calls(graph: Graph) -> None:
         calls[id(node.layer)] = node.call_index + 1
 
 
+def _random_array(shape: Sequence[int | None], dtype: str, rng: np.random.Generator) -> np.ndarray:
+    concrete = tuple(2 if i == 0 and d is None else (3 if d is None else int(d)) for i, d in enumerate(shape))
+    if "int" in dtype:
+        return rng.integers(0, 8, size=concrete).astype(dtype)
+    if dtype == "bool":
+        return rng.integers(0, 2, size=concrete).astype(bool)
+    return rng.standard_normal(concrete).astype(dtype)
+
+
 def _random_inputs(model: keras.Model, seed: int = 0) -> Any:
     rng = np.random.default_rng(seed)
 
     def make(tensor: Any) -> np.ndarray:
-        shape = tuple(
-            2 if i == 0 and d is None else (3 if d is None else int(d)) for i, d in enumerate(tensor.shape)
-        )
-        dtype = str(tensor.dtype)
-        if "int" in dtype:
-            return rng.integers(0, 8, size=shape).astype(dtype)
-        if dtype == "bool":
-            return rng.integers(0, 2, size=shape).astype(bool)
-        return rng.standard_normal(shape).astype(dtype)
+        return _random_array(tuple(tensor.shape), str(tensor.dtype), rng)
 
     structure = getattr(model, "_inputs_struct", None)
     return keras.tree.map_structure(make, structure if structure is not None else model.inputs)
@@ -904,6 +959,8 @@ def rewrite(
             f"of type {type(model_or_graph).__name__}."
         )
     session = _Session(source_graph.copy())
+    session.atol, session.rtol = atol, rtol
+    session.check_locally = inputs is None  # caller's inputs: only the end-to-end check is meaningful
     passes = _run_passes(session, rule_set, max_passes, fixed_point)
     return _finish(session, source_graph, source_model, rule_set, passes, inputs, atol, rtol, name)
 

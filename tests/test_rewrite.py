@@ -285,6 +285,16 @@ def test_function_preserving_mismatch_reports_the_error_size() -> None:
         rewriter.rewrite(model, [rule])
 
 
+def test_function_preserving_rule_is_checked_where_it_applies_in_a_mixed_set() -> None:
+    model = _conv_bn_relu()
+    lie = Rule("lie", "ReLU", lambda m, x: layers.Activation("tanh")(x), function_preserving=True)
+    honest = Rule("head", "Dense(units=3)", rewriter.replace_with(lambda: layers.Dense(5)))  # not preserving
+    with pytest.raises(rewriter.RewriteError, match=r"'lie' changes what the model computes at 'relu'"):
+        rewriter.rewrite(model, [honest, lie])
+    result = rewriter.rewrite(model, [honest, MERGE_DENSE])  # nothing to merge: no check needed
+    assert result.counts() == {"head": 1}
+
+
 def test_function_preserving_uses_caller_inputs() -> None:
     model = _conv_bn_relu()
     # ReLU and ReLU6 agree on inputs in [-1, 1] after the BN with these weights only if activations stay
