@@ -21,7 +21,8 @@ channel ``c = i * depth_multiplier + m``), and on the pointwise kernel of Separa
 refused (and `why_not_folded` says so) when the layer has a non-linear activation, when the BN normalizes
 another axis than the layer's channel axis (``channels_first`` convolutions fold with ``axis=1``), when the
 layer's output is also used elsewhere (the unnormalized tensor would be lost), when the layer is shared
-(folding would change its other calls) or when the BN is called with ``training=True``.
+(folding would change its other calls), when the BN is called with ``training=True``, or when the layer
+computes in float16/bfloat16 (mixed precision rounds the folded result differently).
 
 **remove-<NoOp>**: Dropout, SpatialDropout1D/2D/3D, GaussianNoise, GaussianDropout, AlphaDropout,
 ActivityRegularization and Identity return their input unchanged at inference; the input goes straight to
@@ -107,6 +108,12 @@ def _fold_problem(graph: Graph, layer_node: Node, bn_node: Node) -> str | None:
     )
     if problem is not None:
         return problem
+    compute_dtype = str(getattr(layer_node.layer, "compute_dtype", "float32"))
+    if compute_dtype not in ("float32", "float64"):
+        return (
+            f"{layer_node.name!r} computes in {compute_dtype} (mixed precision): its rounding would differ "
+            "from the BatchNormalization's float32 arithmetic by more than float32 rounding"
+        )
     if _training_forced(bn_node):
         return f"{bn_node.name!r} is called with training=True, so it uses batch statistics"
     if _escapes(graph, layer_node.name, bn_node.name):
@@ -228,6 +235,10 @@ def _check_activation(match: Any) -> str | None:
         return f"{act.name!r} ({act.op_type}) has no equivalent activation string"
     if act.num_inputs != 1:
         return f"{act.name!r} takes {act.num_inputs} tensors"
+    host_dtype = str(getattr(host.layer, "compute_dtype", host.output_specs[0].dtype))
+    act_dtype = str(getattr(act.layer, "compute_dtype", act.output_specs[0].dtype))
+    if host_dtype != act_dtype or host.output_specs[0].dtype != act.output_specs[0].dtype:
+        return f"{host.name!r} computes in {host_dtype} and {act.name!r} in {act_dtype}"
     if _escapes(graph, host.name, act.name):
         return f"the output of {host.name!r} is also used elsewhere"
     if _shared(graph, host):
@@ -263,6 +274,8 @@ def _check_merge(match: Any) -> str | None:
     first, second = match.node("first"), match.node("second")
     if _escapes(match.graph, first.name, second.name):
         return f"the output of {first.name!r} is also used elsewhere"
+    if first.input_specs[0].dtype != second.output_specs[0].dtype:
+        return f"the pair changes the dtype {first.input_specs[0].dtype} -> {second.output_specs[0].dtype}"
     merged = _algebra.merged_reshape_target(
         first.op_type, second.op_type, second.config or {}, second.output_specs[0].shape
     )

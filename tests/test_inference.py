@@ -306,3 +306,20 @@ def test_refusal_reasons_appear_in_the_report() -> None:
     model = _two_use_model()
     report = _rewrite(model).report()
     assert "fold-batchnorm-into-Conv2D" in report and "also used outside" in report
+
+
+def test_mixed_precision_layers_are_not_folded() -> None:
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x = keras.Input((6, 6, 2), name="x")
+        h = layers.Conv2D(3, 3, name="conv")(x)
+        h = layers.BatchNormalization(name="bn")(h)
+        c = layers.Conv2D(3, 3, name="conv2")(x)
+        a = layers.Activation("relu", dtype="float32", name="act")(c)
+        model = keras.Model(x, [h, a])
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert "float16" in inference.why_not_folded(model, "bn")
+    result = _rewrite(model)
+    assert result.applications == []
