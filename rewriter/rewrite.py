@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -375,7 +376,7 @@ def _call_replacement(session: _Session, rule: Rule, match: Any) -> tuple[Graph,
         shapes = ", ".join(str(_input_spec(graph, p)) for p in input_ports)
         message = (
             f"Rule {rule.name!r}: the replacement failed on the {where} with input(s) {shapes}: "
-            f"{type(error).__name__}: {error}"
+            f"{type(error).__name__}: {_brief(error)}"
         )
         if isinstance(error, ValueError) and "shape" in str(error).lower():
             raise ShapeMismatchError(message) from error
@@ -643,7 +644,16 @@ def _describe_specs(specs: Sequence[TensorSpec]) -> str:
     return ", ".join(str(s) for s in specs) or "-"
 
 
+def _brief(error: Any) -> str:
+    """A Keras error as one readable line: no colour codes, no argument dump, at most 300 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    text = text.split("Arguments received by")[0]
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _mismatch(rule: str, node: Node, old: Sequence[TensorSpec], new: Sequence[TensorSpec], why: Any) -> Any:
+    why = _brief(why)
     return ShapeMismatchError(
         f"Rule {rule!r}: node {node.name!r} ({node.op_type}, layer {node.layer_name!r}) cannot take its new "
         f"input shape(s) {_describe_specs(new)} (it had {_describe_specs(old)}): {why}. Make the "
@@ -727,7 +737,7 @@ def _reinitialize(session: _Session, node: Node, probe: Any, rule: str) -> None:
             raise ShapeMismatchError(
                 f"Rule {rule!r}: layer {node.layer_name!r} is shared by {[c.name for c in calls]}; the new "
                 f"input shape of {node.name!r} ({_describe_specs(node.input_specs)}) needs other weights "
-                f"than its call {other.name!r} ({_describe_specs(other.input_specs)}): {error}. "
+                f"than its call {other.name!r} ({_describe_specs(other.input_specs)}): {_brief(error)}. "
                 "Rewrite every call of the shared layer, or none."
             ) from error
     _forget_calls(list(probe._inbound_nodes))
