@@ -192,3 +192,14 @@ def test_add_residual_wraps_shape_preserving_blocks_once() -> None:
     )
     again = rewriter.rewrite(result.model, [rule])
     assert again.applications == []
+
+
+def test_inserted_batchnorms_fold_back_into_the_convolutions() -> None:
+    from patterns import inference
+
+    model = _cnn()
+    with_bn = rewriter.rewrite(model, [architecture.insert_batchnorm_after_convolutions()]).model
+    back = rewriter.rewrite(with_bn, inference.RULES).model
+    assert "BatchNormalization" not in _types(back)
+    assert _types(back) == ["InputLayer", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense"]
+    assert _max_relative(model, back, random_inputs(model, seed=5)) < 1e-5
