@@ -203,3 +203,31 @@ def test_inserted_batchnorms_fold_back_into_the_convolutions() -> None:
     assert "BatchNormalization" not in _types(back)
     assert _types(back) == ["InputLayer", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense"]
     assert _max_relative(model, back, random_inputs(model, seed=5)) < 1e-5
+
+
+@pytest.mark.slow
+def test_architecture_rules_on_vgg16() -> None:
+    model = keras.applications.VGG16(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None
+    )
+    x = random_inputs(model, seed=0)
+    convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    pools = [layer for layer in model.layers if isinstance(layer, layers.MaxPooling2D)]
+    # head and pooling: the 1x1x512 map makes Flatten and global pooling the same, so the head is exact
+    head = rewriter.rewrite(
+        model, [architecture.flatten_dense_to_global_pooling(), architecture.conv_pool_to_strided_conv()]
+    )
+    types = _types(head.model)
+    assert "Flatten" not in types and "GlobalAveragePooling2D" in types
+    assert types.count("MaxPooling2D") == 0 and len(head.applications) == 1 + len(pools)
+    assert head.model.output_shape == model.output_shape
+    only_head = rewriter.rewrite(model, [architecture.flatten_dense_to_global_pooling()]).model
+    assert _max_relative(model, only_head, x) < 1e-5
+    # identity BatchNorms after every convolution: function-preserving (rewrite verifies it too)
+    with_bn = rewriter.rewrite(model, [architecture.insert_batchnorm_after_convolutions()]).model
+    assert _types(with_bn).count("BatchNormalization") == len(convs)
+    assert _max_relative(model, with_bn, x) < 1e-5
+    # residuals around every shape-preserving convolution, counted independently
+    same = sum(1 for layer in convs if layer.input.shape == layer.output.shape)
+    residual = rewriter.rewrite(model, [architecture.add_residual("Conv2D")]).model
+    assert _types(residual).count("Add") == same > 0
