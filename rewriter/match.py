@@ -106,13 +106,6 @@ class _GraphIndex:
     def consumer_nodes(self, name: str) -> list[str]:
         return sorted(self._succ[name])
 
-    def port_uses(self, port: Port) -> list[str]:
-        return [
-            dst
-            for dst, keyed in self._succ[port.node].items()
-            if any(d["out_index"] == port.index for d in keyed.values())
-        ]
-
     @property
     def order(self) -> list[str]:
         if self._order is None:
@@ -211,8 +204,6 @@ class Match:
         self.anchor: str = sink_nodes[0]
         self.captures: dict[str, str] = {p.name: g for p, g in bindings.items() if p.name}
         self._nodes: list[str] | None = None
-        self._inputs: list[Port] | None = None
-        self._escaping: list[Port] | None = None
 
     # ------------------------------------------------------------- captures
 
@@ -272,44 +263,41 @@ class Match:
     def inputs(self) -> list[Port]:
         """Tensors entering the match from outside, in order of first appearance.
 
-        Matched nodes are walked in topological order, their producers in argument order.
+        Matched nodes are walked in topological order, their producers in argument order. Like `outputs`
+        and `escaping`, this is read from the graph as it is now (a rewrite elsewhere may change it).
         """
-        if self._inputs is None:
-            inside = self._key[0]
-            seen: dict[Port, None] = {}
-            for name in self.nodes:
-                for port in self._index.producers(name):
-                    if port.node not in inside and port not in seen:
-                        seen[port] = None
-            self._inputs = list(seen)
-        return list(self._inputs)
+        inside = self._key[0]
+        seen: dict[Port, None] = {}
+        for name in self.nodes:
+            for port in self.graph.producers(name):
+                if port.node not in inside and port not in seen:
+                    seen[port] = None
+        return list(seen)
 
     @property
     def outputs(self) -> list[Port]:
         """The sinks' output ports (sink order, then output index): what a replacement must provide."""
         ports: dict[Port, None] = {}
         for name in self._sink_nodes:
-            for i in range(self._index.node(name).num_outputs):
+            for i in range(self.graph.node(name).num_outputs):
                 ports[Port(name, i)] = None
         return list(ports)
 
     @property
     def escaping(self) -> list[Port]:
         """Interior (non-sink) outputs also used outside the match or as graph outputs."""
-        if self._escaping is None:
-            inside = self._key[0]
-            sinks = set(self._sink_nodes)
-            graph_outputs = set(self.graph.outputs)
-            found: list[Port] = []
-            for name in self.nodes:
-                if name in sinks:
-                    continue
-                for i in range(self._index.node(name).num_outputs):
-                    port = Port(name, i)
-                    if port in graph_outputs or any(u not in inside for u in self._index.port_uses(port)):
-                        found.append(port)
-            self._escaping = found
-        return list(self._escaping)
+        inside = self._key[0]
+        sinks = set(self._sink_nodes)
+        graph_outputs = set(self.graph.outputs)
+        found: list[Port] = []
+        for name in self.nodes:
+            if name in sinks:
+                continue
+            for i in range(self.graph.node(name).num_outputs):
+                port = Port(name, i)
+                if port in graph_outputs or any(u.consumer not in inside for u in self.graph.uses(port)):
+                    found.append(port)
+        return found
 
     def __repr__(self) -> str:
         caps = ", ".join(f"{k}={v}" for k, v in self.captures.items())

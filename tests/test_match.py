@@ -413,6 +413,15 @@ def test_match_inputs_outputs_escaping(graph: Graph) -> None:
     assert m.sinks == ["a2"]
 
 
+def test_match_ports_read_the_graph_as_it_is_now(graph: Graph) -> None:
+    edited = graph.copy()
+    (m,) = rewriter.find(edited, op("Conv2D") >> op("BatchNormalization") >> op("Activation"))
+    assert m.escaping == [Port("b2", 0)]
+    edited.set_inputs("cat", [Port("add"), Port("a2"), Port("a2")])  # b2 no longer used outside
+    assert m.escaping == []
+    assert m.inputs == [Port("r1", 0)]
+
+
 def test_match_inputs_order_and_graph_outputs() -> None:
     x = keras.Input((4,), name="x")
     y = keras.Input((4,), name="y")
