@@ -18,6 +18,7 @@ from networkx.algorithms import isomorphism
 
 import rewriter
 from rewriter import Graph, Node, Pattern, Port, TensorSpec, any_op, op
+from tests.strategies import functional_models
 
 OP_TYPES = ["ReLU", "Dense", "Add"]
 SPEC = TensorSpec((None, 4), "float32")
@@ -123,6 +124,20 @@ def test_every_match_is_a_monomorphism(graph: Graph, plain: tuple[nx.DiGraph, li
         assert match.nodes == sorted(bound, key=order.__getitem__)
         anchors.append(order[match.anchor])
     assert anchors == sorted(anchors)
+
+
+@given(functional_models(max_ops=8), st.data())
+def test_find_equals_vf2_on_lifted_keras_models(model, data: st.DataObject) -> None:
+    """The same cross-check on real lifted Keras models (shared layers, nested models, keras.ops calls,
+    multi-output nodes), with pattern op types drawn from the model's own op types."""
+    graph = rewriter.lift(model)
+    present = sorted({graph.node(n).op_type for n in graph.topological_names()})
+    shape, _ = data.draw(random_plain_patterns())
+    types = [data.draw(st.sampled_from([*present, None])) for _ in shape.nodes]
+    pattern, _ = build_pattern(shape, types)
+    found = keys_from_find(graph, pattern)
+    assert len(found) == len(set(found))
+    assert set(found) == keys_from_vf2(graph, shape, types)
 
 
 @given(random_graphs(), st.sampled_from(OP_TYPES), st.sampled_from([*OP_TYPES, None]))
