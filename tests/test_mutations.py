@@ -288,6 +288,7 @@ def _plain_nets(draw: st.DrawFn) -> keras.Model:
     return model
 
 
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module")  # Keras seeds its initializers
 @_chain_settings(40)
 @given(_plain_nets(), st.integers(0, 2**31 - 1))
 def test_random_function_preserving_chains_on_plain_nets(model: keras.Model, seed: int) -> None:
