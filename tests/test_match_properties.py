@@ -167,6 +167,37 @@ def test_commutative_list_reported_once(graph: Graph, first: str, second: str | 
     assert [m.anchor for m in matches] == expected
 
 
+@given(random_graphs(), st.lists(st.sampled_from([*OP_TYPES, None]), min_size=3, max_size=3))
+def test_optional_middle_node_is_greedy(graph: Graph, types: list[str | None]) -> None:
+    """``A -> B? -> C``: at each C node, the places with B present if there are any, else the places
+    ``A -> C`` directly (the edge passing through); computed here by brute force."""
+    kinds = [op(t) if t else any_op() for t in types]
+    a, b, c = kinds[0].named("a"), kinds[1].named("b").optional(), kinds[2].named("c")
+    found = sorted(tuple(sorted(m.captures.items())) for m in rewriter.find(graph, a >> b >> c))
+
+    def fits(name: str, want: str | None) -> bool:
+        return want is None or graph.node(name).op_type == want
+
+    expected = []
+    for gc in graph.topological_names():
+        if not fits(gc, types[2]):
+            continue
+        present = [
+            (ga, gb)
+            for gb in graph.producer_nodes(gc)
+            if fits(gb, types[1])
+            for ga in graph.producer_nodes(gb)
+            if fits(ga, types[0]) and len({ga, gb, gc}) == 3
+        ]
+        if present:
+            expected += [(("a", ga), ("b", gb), ("c", gc)) for ga, gb in present]
+        else:
+            expected += [
+                (("a", ga), ("c", gc)) for ga in graph.producer_nodes(gc) if fits(ga, types[0]) and ga != gc
+            ]
+    assert found == sorted(expected)
+
+
 @given(random_graphs(max_nodes=20))
 def test_anchors_restrict_and_agree(graph: Graph) -> None:
     pattern = Pattern(any_op() >> op("ReLU"))
