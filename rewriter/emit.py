@@ -125,16 +125,17 @@ def _emit_sequential(graph: Graph, *, share_weights: bool, name: str) -> keras.M
     nodes = graph.topological()
     clones: dict[int, Any] = {}
     chain = [(node, *_layer_for(node, clones, share_weights)) for node in nodes[1:]]
-    with deep_recursion(len(graph)):
+    with contextlib.ExitStack() as hooks, deep_recursion(len(graph)):
+        copied = [hooks.enter_context(_initialized_from_original(*item)) for item in chain]
         try:
             model = keras.Sequential([_new_input(nodes[0]), *(layer for _, layer, _ in chain)], name=name)
         except Exception:  # fall back to the functional replay, which reports errors per node
             return None
     if getattr(model, "_functional", None) is None:
         return None
-    for node, layer, fresh in chain:
+    for (node, layer, fresh), already_copied in zip(chain, copied):
         if fresh:
-            _set_weights(node, layer)
+            _set_weights(node, layer, already_copied=already_copied)
     return model
 
 
@@ -159,7 +160,8 @@ def replay(graph: Graph, *, share_weights: bool = False) -> Replay:
         args = _fill(node.call_args, tensors)
         kwargs = _fill(node.call_kwargs, tensors)
         try:
-            result = layer(*args, **kwargs)
+            with _initialized_from_original(node, layer, fresh) as copied:
+                result = layer(*args, **kwargs)
         except Exception as error:
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
             raise EmitError(
@@ -167,7 +169,7 @@ def replay(graph: Graph, *, share_weights: bool = False) -> Replay:
                 f"shape {shapes} failed: {error}"
             ) from error
         if fresh:
-            _set_weights(node, layer)
+            _set_weights(node, layer, already_copied=copied)
         outputs = keras.tree.flatten(result)
         if len(outputs) != node.num_outputs and node.num_outputs:
             raise EmitError(
@@ -241,7 +243,61 @@ def _clone(node: Node) -> Any:
         ) from error
 
 
-def _set_weights(node: Node, layer: Any) -> None:
+@contextlib.contextmanager
+def _initialized_from_original(node: Node, layer: Any, fresh: bool) -> Iterator[set[int]]:
+    """While a fresh clone builds, create its own variables from the original layer's values.
+
+    Yields the ids of the variables so made. This skips the random initialization and the later copy,
+    most of the cost of copying weights. Variables of sub-layers, and any variable whose order, shape or
+    dtype does not match the original's, are initialized normally and copied by `_set_weights`.
+    """
+    copied: set[int] = set()
+    original = node.layer
+    if (
+        not fresh
+        or layer is original
+        or getattr(layer, "built", True)
+        or node.meta.get("reinitialize")
+        or "weights" in node.meta
+        or not isinstance(layer, keras.layers.Layer)
+    ):
+        yield copied
+        return
+    own = {
+        True: list(getattr(original, "_trainable_variables", [])),
+        False: list(getattr(original, "_non_trainable_variables", [])),
+    }
+    taken = {True: 0, False: 0}
+    add_weight = layer.add_weight
+
+    def add_weight_from_original(*args: Any, **kwargs: Any) -> Any:
+        trainable = bool(kwargs.get("trainable", True))
+        index = taken[trainable]
+        shape = kwargs.get("shape")
+        if args or shape is None or index >= len(own[trainable]):
+            return add_weight(*args, **kwargs)
+        source = own[trainable][index]
+        if tuple(source.shape) != tuple(shape):
+            return add_weight(*args, **kwargs)
+        taken[trainable] = index + 1
+        variable = add_weight(**{**kwargs, "initializer": lambda shape, dtype=None: _value_as(source, dtype)})
+        if str(variable.dtype) == str(source.dtype):
+            copied.add(id(variable))
+        return variable
+
+    object.__setattr__(layer, "add_weight", add_weight_from_original)  # bypass Keras attribute tracking
+    try:
+        yield copied
+    finally:
+        object.__delattr__(layer, "add_weight")
+
+
+def _value_as(variable: Any, dtype: Any) -> Any:
+    value = variable.value
+    return value if dtype is None or str(dtype) == str(variable.dtype) else keras.ops.cast(value, dtype)
+
+
+def _set_weights(node: Node, layer: Any, already_copied: set[int] | frozenset[int] = frozenset()) -> None:
     if node.meta.get("reinitialize"):
         return
     if "weights" in node.meta:
@@ -263,4 +319,5 @@ def _set_weights(node: Node, layer: Any) -> None:
                 f"Weight {target.path!r} of layer {node.layer_name!r} has shape {tuple(target.shape)}, "
                 f"the value to copy has shape {tuple(shape)}."
             )
-        target.assign(value)
+        if id(target) not in already_copied:
+            target.assign(value)
