@@ -77,6 +77,7 @@ from rewriter.graph import Graph, Node, Port, TensorSpec
 from rewriter.lift import lift
 
 __all__ = [
+    "FUNCTION_PRESERVING",
     "OPERATORS",
     "MutationError",
     "MutationRecord",
