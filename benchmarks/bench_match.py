@@ -50,22 +50,16 @@ def residual_model(num_blocks: int, tower_blocks: int = 250) -> keras.Model:
     return keras.Model(x, tops[0] if len(tops) == 1 else L.Add()(tops))
 
 
-def best_of(make_args, fn, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``fn(*make_args())`` over ``repeats`` runs; the GC is off while timing (as in
-    timeit), arguments are prepared outside the timed region."""
-    best = float("inf")
-    result = None
-    for _ in range(repeats):
-        args = make_args()
-        gc.collect()
-        gc.disable()
-        try:
-            start = time.perf_counter()
-            result = fn(*args)
-            best = min(best, time.perf_counter() - start)
-        finally:
-            gc.enable()
-    return best, result
+def timed(fn, *args) -> tuple[float, object]:
+    """Wall time of one ``fn(*args)`` call with the GC off (as timeit does)."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        result = fn(*args)
+        return time.perf_counter() - start, result
+    finally:
+        gc.enable()
 
 
 def main() -> None:
@@ -79,7 +73,7 @@ def main() -> None:
     for blocks in sizes:
         graph = rewriter.lift(residual_model(blocks))
         ops = len(graph)
-        repeats = 5 if ops < 10000 else 3
+        repeats = 7 if ops < 10000 else 3
 
         def find(fresh: rewriter.Graph) -> list[rewriter.Match]:
             return rewriter.find(fresh, pattern)
@@ -90,9 +84,14 @@ def main() -> None:
             )
             return list(matcher.subgraph_monomorphisms_iter())
 
-        # find gets a fresh copy each run (no cached topological order); VF2 gets its DiGraph ready-made.
-        find_time, matches = best_of(lambda graph=graph: (graph.copy(),), find, repeats)
-        vf2_time, mono = best_of(lambda graph=graph: (nx.DiGraph(graph.nx),), vf2, 1 if ops > 10000 else 3)
+        # Interleaved runs, best of each (robust to other load on the machine). find gets a fresh copy
+        # of the graph each run (no cached topological order); VF2 gets its DiGraph ready-made.
+        find_time = vf2_time = float("inf")
+        for _ in range(repeats):
+            elapsed, matches = timed(find, graph.copy())
+            find_time = min(find_time, elapsed)
+            elapsed, mono = timed(vf2, nx.DiGraph(graph.nx))
+            vf2_time = min(vf2_time, elapsed)
         assert len(matches) == len(mono), (len(matches), len(mono))
         rows.append((ops, len(matches), find_time, vf2_time))
         print(

@@ -120,8 +120,20 @@ class _GraphIndex:
 
         Kahn's algorithm with ties broken by insertion order, on plain dicts and a heap.
         """
-        data, succ = self._node_data, self._succ
-        remaining = {name: len(preds) for name, preds in self._pred.items()}
+        data, succ, pred = self._node_data, self._succ, self._pred
+        # Fast path: when insertion order is already topological (lifted graphs, copies), the smallest
+        # ready node is always the next one inserted, so the answer is the insertion order itself.
+        seen: set[str] = set()
+        last = -1
+        for name in data:
+            rank = data[name]["order"]
+            if rank < last or not seen.issuperset(pred[name]):
+                break
+            last = rank
+            seen.add(name)
+        else:
+            return list(data)
+        remaining = {name: len(preds) for name, preds in pred.items()}
         heap = [(data[name]["order"], name) for name, count in remaining.items() if count == 0]
         heapq.heapify(heap)
         push, pop = heapq.heappush, heapq.heappop
@@ -151,9 +163,8 @@ class _GraphIndex:
             return self.order
         if self._by_type is None:
             by_type: dict[str, list[str]] = {}
-            data = self._node_data
             for name in self.order:
-                by_type.setdefault(data[name]["op_type"], []).append(name)
+                by_type.setdefault(self._node_data[name]["op_type"], []).append(name)
             self._by_type = by_type
         if len(names) == 1:
             return self._by_type.get(next(iter(names)), [])
@@ -803,7 +814,8 @@ def find(model_or_graph: Any, pattern: PatternLike, *, anchors: Iterable[str] | 
     anchor_set = None if anchors is None else {a for a in anchors if a in index}
     found: list[Match] = []
     seen: set[Any] = set()
-    for variant in _variants(pat):
+    variants = _variants(pat)
+    for variant in variants:
         first = variant.sinks[0]
         if anchor_set is None:
             candidates = index.candidates(first)
@@ -817,8 +829,9 @@ def find(model_or_graph: Any, pattern: PatternLike, *, anchors: Iterable[str] | 
                 continue
             seen.add(match._key)
             found.append(match)
-    order = index.topo_index
-    found.sort(key=lambda m: order[m.anchor])
+    if len(variants) > 1:  # one variant: already in candidate (topological) order
+        order = index.topo_index
+        found.sort(key=lambda m: order[m.anchor])
     return found
 
 
