@@ -139,7 +139,6 @@ def test_share_weights_reuses_layers(model: keras.Model) -> None:
     assert all(id(layer) in originals for layer in reused)
 
 
-@pytest.mark.skipif(not hasattr(rewriter, "to_source"), reason="rewriter.to_source not available yet")
 @given(functional_models())
 def test_to_source_round_trips(model: keras.Model) -> None:
     _source_round_trip(model, rewriter.lift(model), random_inputs(model, seed=3))
