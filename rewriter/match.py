@@ -40,7 +40,7 @@ import dataclasses
 import difflib
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rewriter.errors import MatchError, PatternError
@@ -356,6 +356,8 @@ class _Search:
         self.expanded: set[OpPattern] = set()
         self.record = record
         self.failure: _Failure | None = None
+        self.results: list[Match] = []
+        self.limit: int | None = None
         # Nodes constrained by op type names only: checked with one set lookup.
         self.simple_types: dict[OpPattern, frozenset[str]] = {
             p: frozenset(names)
@@ -519,9 +521,7 @@ class _Search:
                     f"{p.label()}; its inputs are {[_port_text(q) for q in ports]}"
                 )
                 return
-        for choice in itertools.product(*compatible):
-            if len(set(choice)) < n:
-                continue
+        for choice in _injective_assignments(items, compatible):
             self._solve(self._list_tasks(items, [ports[j] for j in choice], g, rest))
 
     def _may_take(self, item: OpPattern | TensorPattern, port: Port) -> bool:
@@ -609,7 +609,7 @@ class _Search:
         if reason is not None:
             self._fail(reason)
             return
-        fresh = item not in self.tensors
+        fresh = item.name is not None and item not in self.tensors  # anonymous tensors bind nothing
         if fresh:
             self.tensors[item] = port
         self._solve(rest)
@@ -707,6 +707,41 @@ class _Search:
         self.results.append(match)
         if self.limit is not None and len(self.results) >= self.limit:
             raise _StopSearch
+
+
+def _injective_assignments(
+    items: list[OpPattern | TensorPattern], compatible: list[list[int]]
+) -> Iterator[tuple[int, ...]]:
+    """Injective maps item -> argument position within ``compatible``, one per class of equivalent maps.
+
+    Interchangeable items (the same object listed twice, or unconstrained anonymous `tensor()` items)
+    take their positions in increasing order only, so ``[tensor()] * 10`` gives one assignment, not 10!.
+    Recursion depth is the number of items (the pattern's size).
+    """
+    groups: list[object] = []
+    for item in items:
+        if isinstance(item, TensorPattern) and item.name is None and item.constraint is None:
+            groups.append("free tensor")
+        else:
+            groups.append(id(item))
+    chosen: list[int] = []
+    used: set[int] = set()
+
+    def extend(i: int) -> Iterator[tuple[int, ...]]:
+        if i == len(items):
+            yield tuple(chosen)
+            return
+        floor = max((chosen[k] for k in range(i) if groups[k] == groups[i]), default=-1)
+        for j in compatible[i]:
+            if j in used or j <= floor:
+                continue
+            chosen.append(j)
+            used.add(j)
+            yield from extend(i + 1)
+            used.discard(j)
+            chosen.pop()
+
+    return extend(0)
 
 
 def _item_label(item: OpPattern | TensorPattern) -> str:

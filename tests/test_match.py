@@ -264,6 +264,19 @@ def test_tensor_placeholders() -> None:
     assert len(rewriter.find(graph, op("Multiply", inputs=[tensor(), tensor()]))) == 2
     assert len(rewriter.find(graph, op("Multiply", inputs=[tensor(rank=2), op("InputLayer")]))) == 1
     assert rewriter.find(graph, op("Multiply", inputs=[tensor(rank=3), tensor()])) == []
+    anonymous = tensor()  # the same anonymous object twice: two independent tensors
+    assert len(rewriter.find(graph, op("Multiply", inputs=[anonymous, anonymous]))) == 2
+
+
+def test_wide_commutative_lists_do_not_explode() -> None:
+    x = keras.Input((4,), name="x")
+    relus = [L.ReLU(name=f"r{i}")(x) for i in range(10)]
+    graph = rewriter.lift(keras.Model(x, L.Add(name="sum")(relus)))
+    # interchangeable items are assigned once, not in 10! orders
+    assert len(rewriter.find(graph, op("Add", inputs=[tensor() for _ in range(10)]))) == 1
+    assert rewriter.find(graph, op("Add", inputs=[op("ReLU")] * 10)) == []  # one node ten times: no
+    three = rewriter.find(graph, op("Add", inputs=[op("ReLU"), op("ReLU"), op("ReLU"), ...]))
+    assert len(three) == 120  # one match per set of three ReLU inputs (C(10, 3)), not per order
 
 
 def test_each_variadic_inputs() -> None:
