@@ -128,6 +128,19 @@ def test_lift_of_emit_gives_the_same_graph(model: keras.Model) -> None:
     assert again.input_structure == graph.input_structure
 
 
+@given(functional_models(max_ops=8))
+def test_inline_nested_round_trip(model: keras.Model) -> None:
+    before = _snapshot(model)
+    graph = rewriter.lift(model, inline_nested=True)
+    graph.verify()
+    assert not graph.nodes_of_type("Functional", "Sequential")
+    new = rewriter.emit(graph)
+    _assert_unchanged(model, before)
+    assert_same_outputs(model, new, random_inputs(model, seed=5))
+    assert len(new.weights) == len(model.weights)
+    assert not _variable_ids(model) & _variable_ids(new)
+
+
 @given(functional_models(max_ops=6))
 def test_share_weights_reuses_layers(model: keras.Model) -> None:
     inputs = random_inputs(model, seed=2)
