@@ -68,6 +68,7 @@ class _GraphIndex:
         self._topo_index: dict[str, int] | None = None
         self._by_type: dict[str, list[str]] | None = None
         self._order: list[str] | None = None
+        self._insertion_is_topological = False
 
     def node(self, name: str) -> Node:
         return self._node_data[name]["node"]
@@ -93,13 +94,12 @@ class _GraphIndex:
         return ports
 
     def producer_nodes(self, name: str) -> list[str]:
+        preds = self._pred[name]
+        if len(preds) <= 1:
+            return list(preds)
         nodes = self._producer_nodes.get(name)
-        if nodes is None:
-            preds = self._pred[name]
-            if len(preds) <= 1:
-                nodes = list(preds)
-            else:  # argument order, not edge insertion order: the same on a copy of the graph
-                nodes = list(dict.fromkeys(p.node for p in self.producers(name)))
+        if nodes is None:  # argument order, not edge insertion order: the same on a copy of the graph
+            nodes = list(dict.fromkeys(p.node for p in self.producers(name)))
             self._producer_nodes[name] = nodes
         return nodes
 
@@ -132,6 +132,7 @@ class _GraphIndex:
             last = rank
             seen.add(name)
         else:
+            self._insertion_is_topological = True
             return list(data)
         remaining = {name: len(preds) for name, preds in pred.items()}
         heap = [(data[name]["order"], name) for name, count in remaining.items() if count == 0]
@@ -162,14 +163,19 @@ class _GraphIndex:
         if names is None:
             return self.order
         if self._by_type is None:
-            by_type: dict[str, list[str]] = {}
-            for name in self.order:
-                by_type.setdefault(self._node_data[name]["op_type"], []).append(name)
-            self._by_type = by_type
+            self._by_type = {}
+        for kind in names:
+            if kind not in self._by_type:
+                if self._insertion_is_topological:
+                    found = [n for n, d in self._node_data.items() if d["op_type"] == kind]
+                else:
+                    data = self._node_data
+                    found = [n for n in self.order if data[n]["op_type"] == kind]
+                self._by_type[kind] = found
         if len(names) == 1:
-            return self._by_type.get(next(iter(names)), [])
+            return self._by_type[next(iter(names))]
         index = self.topo_index
-        merged = [n for t in names for n in self._by_type.get(t, [])]
+        merged = [n for t in names for n in self._by_type[t]]
         return sorted(merged, key=index.__getitem__)
 
 
@@ -681,7 +687,10 @@ class _Search:
         return sorted(frontier, key=order.__getitem__)
 
     def _complete(self) -> None:
-        sink_nodes = tuple(dict.fromkeys(self.bind[s] for s in self.sinks))
+        if len(self.sinks) == 1:
+            sink_nodes: tuple[str, ...] = (self.bind[self.sinks[0]],)
+        else:
+            sink_nodes = tuple(dict.fromkeys(self.bind[s] for s in self.sinks))
         nodes = frozenset(itertools.chain(self.bind.values(), self.extras))
         match = Match(
             self.index,
