@@ -73,7 +73,7 @@ def main() -> None:
     for blocks in sizes:
         graph = rewriter.lift(residual_model(blocks))
         ops = len(graph)
-        repeats = 7 if ops < 10000 else 3
+        repeats = 7
 
         def find(fresh: rewriter.Graph) -> list[rewriter.Match]:
             return rewriter.find(fresh, pattern)
