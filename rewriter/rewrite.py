@@ -32,11 +32,12 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import heapq
 import itertools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -229,6 +230,8 @@ class _Session:
                     self.layer_names[node.layer_name][id(node.layer)] += 1
         self.applications: list[Application] = []
         self.reinitialized: dict[str, None] = {}
+        self.shared_changes: dict[str, tuple[str, str]] = {}  # layer name -> (rule, node) that changed it
+        self.renamed: dict[int, Any] = {}  # id of a new layer whose name was taken -> its renamed copy
         self.vetoed: list[tuple[str, str, str]] = []
         self.skipped: list[tuple[str, str, str]] = []
         self._temp = itertools.count()
@@ -295,19 +298,16 @@ def _as_tensor_list(result: Any, rule: str, expected: int) -> list[Any]:
     return outputs
 
 
-def _keras_calls(placeholders: Sequence[Any], outputs: Sequence[Any]) -> tuple[list[Any], bool]:
-    """The Keras calls between ``placeholders`` and ``outputs``; True if a tensor comes from elsewhere."""
+def _depends_on_foreign_tensors(placeholders: Sequence[Any], outputs: Sequence[Any]) -> bool:
+    """Whether ``outputs`` read (transitively) a tensor that is neither a placeholder nor built from one."""
     own_inputs = {id(t._keras_history.operation) for t in placeholders}
-    found: list[Any] = []
     seen: set[int] = set()
-    foreign = False
     stack = list(outputs)
     while stack:
         tensor = stack.pop()
         history = getattr(tensor, "_keras_history", None)
         if history is None or history.operation is None:
-            foreign = True
-            continue
+            return True
         if id(history.operation) in own_inputs:
             continue
         keras_node = history.operation._inbound_nodes[history.node_index]
@@ -316,26 +316,33 @@ def _keras_calls(placeholders: Sequence[Any], outputs: Sequence[Any]) -> tuple[l
         seen.add(id(keras_node))
         arguments = keras_node.arguments.keras_tensors
         if not arguments:
-            foreign = True
-            continue
-        found.append(keras_node)
+            return True
         stack.extend(arguments)
-    if foreign:
-        # Keep only the calls fed (transitively) by the placeholders: the others existed before.
-        new_outputs = {id(t) for t in placeholders}
-        fresh: list[Any] = []
-        changed = True
-        pending = list(found)
-        while changed:
-            changed = False
-            for keras_node in list(pending):
-                if all(id(t) in new_outputs for t in keras_node.arguments.keras_tensors):
-                    fresh.append(keras_node)
-                    pending.remove(keras_node)
-                    new_outputs.update(id(t) for t in keras_node.outputs)
-                    changed = True
-        found = fresh
-    return found, foreign
+    return False
+
+
+def _calls_from(placeholders: Sequence[Any]) -> list[Any]:
+    """Every Keras call made on the placeholders or on tensors built from them, used or not.
+
+    Found forward through ``_outbound_nodes``: a call belongs to the replacement when one of its arguments
+    was built from a placeholder (calls of the original model read only the model's own tensors).
+    """
+    derived = {id(t) for t in placeholders}
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = [t._keras_history.operation for t in placeholders]
+    while stack:
+        operation = stack.pop()
+        for keras_node in list(operation._outbound_nodes):
+            if id(keras_node) in seen:
+                continue
+            if not any(id(t) in derived for t in keras_node.arguments.keras_tensors):
+                continue
+            seen.add(id(keras_node))
+            found.append(keras_node)
+            derived.update(id(t) for t in keras_node.outputs)
+            stack.append(keras_node.operation)
+    return found
 
 
 def _forget_calls(keras_nodes: Iterable[Any]) -> None:
@@ -363,28 +370,31 @@ def _same_call(a: Node, b: Node) -> bool:
 
 
 def _call_replacement(session: _Session, rule: Rule, match: Any) -> tuple[Graph, list[Any], list[Port]] | str:
-    """Run the replacement on placeholders; return the lifted mini-graph (or a reason to skip)."""
+    """Run the replacement on placeholders; return the lifted mini-graph (or a reason to skip).
+
+    Whatever happens (even an error half-way), every call the replacement made is removed from the Keras
+    bookkeeping afterwards, so the original layers it called are left exactly as they were.
+    """
     graph = session.graph
     input_ports = list(match.inputs)
     placeholders = session.placeholders([_input_spec(graph, port) for port in input_ports])
     where = f"match at {getattr(match, 'anchor', '?')!r} (nodes {list(match.nodes)})"
     try:
-        result = rule.replacement(match, *placeholders)
-    except RewriteError:
-        raise
-    except Exception as error:
-        shapes = ", ".join(str(_input_spec(graph, p)) for p in input_ports)
-        message = (
-            f"Rule {rule.name!r}: the replacement failed on the {where} with input(s) {shapes}: "
-            f"{type(error).__name__}: {_brief(error)}"
-        )
-        if isinstance(error, ValueError) and "shape" in str(error).lower():
-            raise ShapeMismatchError(message) from error
-        raise RewriteError(message) from error
-    outputs = _as_tensor_list(result, rule.name, len(match.outputs))
-    keras_nodes, foreign = _keras_calls(placeholders, outputs)
-    try:
-        if foreign:
+        try:
+            result = rule.replacement(match, *placeholders)
+        except RewriteError:
+            raise
+        except Exception as error:
+            shapes = ", ".join(str(_input_spec(graph, p)) for p in input_ports)
+            message = (
+                f"Rule {rule.name!r}: the replacement failed on the {where} with input(s) {shapes}: "
+                f"{type(error).__name__}: {_brief(error)}"
+            )
+            if isinstance(error, ValueError) and "shape" in str(error).lower():
+                raise ShapeMismatchError(message) from error
+            raise RewriteError(message) from error
+        outputs = _as_tensor_list(result, rule.name, len(match.outputs))
+        if _depends_on_foreign_tensors(placeholders, outputs):
             raise RewriteError(
                 f"Rule {rule.name!r}: the replacement's outputs on the {where} depend on tensors that are "
                 "not its inputs (a keras.Input it made, or a tensor of the original model). Build the "
@@ -395,7 +405,7 @@ def _call_replacement(session: _Session, rule: Rule, match: Any) -> tuple[Graph,
         except LiftError as error:
             raise RewriteError(f"Rule {rule.name!r}: cannot read the replacement's graph: {error}") from error
     finally:
-        _forget_calls(keras_nodes)
+        _forget_calls(_calls_from(placeholders))
     return mini, outputs, input_ports
 
 
@@ -460,6 +470,8 @@ def _apply(session: _Session, rule: Rule, match: Any) -> _Outcome | str | None:
             "and the replacement does not keep those nodes"
         )
 
+    _check_dtypes(graph, rule.name, match, mini, replaced)
+
     # Add the new nodes under temporary names.
     temp_of: dict[str, str] = {}
     added: list[str] = []
@@ -516,6 +528,61 @@ def _apply(session: _Session, rule: Rule, match: Any) -> _Outcome | str | None:
     return _Outcome(tuple(members), new_names, touched, region)
 
 
+def _dtype_kind(dtype: str) -> str:
+    """The family of a dtype name: bool, int (signed or not), float, complex, or the name itself."""
+    for kind in ("bool", "complex", "float", "int"):
+        if kind in dtype:
+            return kind
+    return dtype
+
+
+def _check_dtypes(graph: Graph, rule: str, match: Any, mini: Graph, replaced: Sequence[Port]) -> None:
+    """Refuse a replacement output whose dtype family differs from the output it replaces, if it is read.
+
+    Keras infers shapes but not dtypes strictly (an Embedding accepts float indices symbolically), so a
+    float tensor reaching a consumer that read integers, or the reverse, is refused here.
+    """
+    for old, new in zip(match.outputs, replaced):
+        if old == new:
+            continue
+        if new.node.startswith("\0"):
+            new_spec = mini.node(new.node[1:]).output_specs[new.index]
+        else:
+            new_spec = _input_spec(graph, new)
+        old_spec = _input_spec(graph, old)
+        if _dtype_kind(old_spec.dtype) == _dtype_kind(new_spec.dtype):
+            continue
+        readers = sorted({use.consumer for use in graph.uses(old)})
+        if readers:  # a model output may change its dtype: that is the rule's business
+            raise ShapeMismatchError(
+                f"Rule {rule!r}: the replacement at {match.anchor!r} gives {new_spec.dtype} where "
+                f"{old.node!r} gave {old_spec.dtype} (shape {old_spec.shape}), read by {', '.join(readers)}. "
+                f"Cast the replacement's output back (keras.ops.cast(y, {old_spec.dtype!r})) or rewrite the "
+                "consumers too. Nothing was emitted."
+            )
+
+
+@contextlib.contextmanager
+def _state_kept(owners: Iterable[Any]) -> Iterator[None]:
+    """Restore the non-trainable variables of ``owners`` (layers or models) after a numeric check.
+
+    A layer called with an explicit ``training=True`` updates its statistics (BatchNormalization's moving
+    mean) even in a check run in inference mode; the input model and the result must not keep that.
+    """
+    saved: list[tuple[Any, np.ndarray]] = []
+    seen: set[int] = set()
+    for owner in owners:
+        for variable in getattr(owner, "non_trainable_variables", None) or []:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                saved.append((variable, keras.ops.convert_to_numpy(variable.value)))
+    try:
+        yield
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+
+
 def _evaluate(graph: Graph, names: Iterable[str], env: dict[Port, Any]) -> None:
     """Run the nodes ``names`` (topological order) eagerly on the arrays in ``env``; add their outputs."""
     for name in names:
@@ -536,20 +603,22 @@ def _check_locally(
     for port in input_ports:
         spec = _input_spec(graph, port)
         arrays.append(_random_array(spec.shape, spec.dtype, rng))
-    try:
-        before = dict(zip(input_ports, arrays))
-        _evaluate(graph, match.nodes, before)
-        want = [before[p] for p in match.outputs]
-    except Exception:
-        return  # the matched part cannot run on its own (e.g. unknown sizes): the end-to-end check remains
-    after = {Port(name, 0): array for name, array in zip(mini.inputs, arrays)}
-    try:
-        _evaluate(mini, mini.topological_names(), after)
-    except Exception as error:
-        raise RewriteError(
-            f"Function-preserving rule {rule!r}: the replacement at {match.anchor!r} cannot run on the "
-            f"inputs the matched layers take: {error}"
-        ) from error
+    involved = [graph.node(name).layer for name in match.nodes] + [node.layer for node in mini.topological()]
+    with _state_kept(involved):
+        try:
+            before = dict(zip(input_ports, arrays))
+            _evaluate(graph, match.nodes, before)
+            want = [before[p] for p in match.outputs]
+        except Exception:
+            return  # the matched part cannot run alone (e.g. unknown sizes): the end-to-end check remains
+        after = {Port(name, 0): array for name, array in zip(mini.inputs, arrays)}
+        try:
+            _evaluate(mini, mini.topological_names(), after)
+        except Exception as error:
+            raise RewriteError(
+                f"Function-preserving rule {rule!r}: the replacement at {match.anchor!r} cannot run on the "
+                f"inputs the matched layers take: {error}"
+            ) from error
     for index, (a, b) in enumerate(zip(want, (after[p] for p in mini.outputs))):
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape or not np.allclose(b, a, atol=atol, rtol=rtol, equal_nan=True):
@@ -581,11 +650,13 @@ def _name_new_nodes(session: _Session, added: list[str]) -> dict[str, str]:
         if node.meta.get("owned"):
             _unique_layer_name(session, node)
         base = node.layer_name if node.layer is not None else node.op_type.lower()
+        # A further call of a layer already in the graph is "layer@k"; a new layer's node is "layer_k".
+        further_call = node.layer is not None and session.layer_names[node.layer_name][id(node.layer)] > 0
         name = base
         k = 0
         while name in graph or name in taken:
             k += 1
-            name = f"{base}@{k}" if not node.meta.get("owned") else f"{base}_{k}"
+            name = f"{base}@{k}" if further_call or not node.meta.get("owned") else f"{base}_{k}"
         taken.add(name)
         mapping[temp] = name
         session.count_layer(node, +1)
@@ -603,6 +674,10 @@ def _name_new_nodes(session: _Session, added: list[str]) -> dict[str, str]:
 
 def _unique_layer_name(session: _Session, node: Node) -> None:
     """Rename an owned layer whose name another layer of the graph already has (by a renamed copy)."""
+    if id(node.layer) in session.renamed:  # a further call of a layer already copied under a new name
+        node.layer = session.renamed[id(node.layer)]
+        node.config = dict(node.layer.get_config())
+        return
     name = node.layer_name
     others = [lid for lid in session.layer_names.get(name, {}) if lid != id(node.layer)]
     if not others:
@@ -629,6 +704,7 @@ def _unique_layer_name(session: _Session, node: Node) -> None:
             f"The new layer {name!r} has the name of another layer of the model and cannot be copied under "
             f"a new name ({error}). Give it a unique name."
         ) from error
+    session.renamed[id(layer)] = copy
     node.layer = copy
     node.config = dict(copy.get_config())
 
@@ -671,7 +747,7 @@ def _infer(node: Node, specs: Sequence[TensorSpec], rule: str) -> tuple[list[Ten
             probe = type(layer).from_config(dict(node.config))
             result = call_node(node, tensors, probe)
         except Exception as error:
-            raise _mismatch(rule, node, node.input_specs, specs, error) from error
+            raise _mismatch(rule, node, node.input_specs, specs, error) from None
         _forget_calls(list(probe._inbound_nodes))
         same = [tuple(w.shape) for w in probe.weights] == [tuple(w.shape) for w in layer.weights]
         return _specs_of(result), (None if same else probe), not same
@@ -679,7 +755,7 @@ def _infer(node: Node, specs: Sequence[TensorSpec], rule: str) -> tuple[list[Ten
     try:
         result = call_node(node, tensors)
     except Exception as error:
-        raise _mismatch(rule, node, node.input_specs, specs, error) from error
+        raise _mismatch(rule, node, node.input_specs, specs, error) from None
     finally:
         del layer._inbound_nodes[before:]
     return _specs_of(result), None, False
@@ -724,22 +800,18 @@ def _incoming_specs(graph: Graph, name: str) -> list[TensorSpec]:
 
 
 def _reinitialize(session: _Session, node: Node, probe: Any, rule: str) -> None:
-    """Give ``node``'s layer (all its calls, if shared) fresh weights of the new shape."""
+    """Give ``node``'s layer (all its calls, if shared) fresh weights of the new shape.
+
+    A call of a shared layer that does not fit the new weights yet is noted, not refused: a later
+    application may change its input too (a rule applied at every call of a shared layer). Before emitting,
+    `_check_shared_layers` refuses the calls that still disagree.
+    """
     graph = session.graph
     calls = graph.calls_of(node.layer)
     for other in calls:
-        if other is node:
-            continue
-        tensors = [keras.KerasTensor(s.shape, dtype=s.dtype) for s in other.input_specs]
-        try:
-            call_node(other, tensors, probe)
-        except Exception as error:
-            raise ShapeMismatchError(
-                f"Rule {rule!r}: layer {node.layer_name!r} is shared by {[c.name for c in calls]}; the new "
-                f"input shape of {node.name!r} ({_describe_specs(node.input_specs)}) needs other weights "
-                f"than its call {other.name!r} ({_describe_specs(other.input_specs)}): {_brief(error)}. "
-                "Rewrite every call of the shared layer, or none."
-            ) from error
+        if other is not node and _misfit(other, probe) is not None:
+            session.shared_changes.setdefault(node.layer_name, (rule, node.name))
+            break
     _forget_calls(list(probe._inbound_nodes))
     for call in calls:
         if call.meta.get("owned"):
@@ -749,6 +821,47 @@ def _reinitialize(session: _Session, node: Node, probe: Any, rule: str) -> None:
             call.meta["reinitialize"] = True
         call.meta.pop("weights", None)
         session.reinitialized[call.layer_name] = None
+
+
+def _misfit(node: Node, layer: Any) -> str | None:
+    """Why ``layer`` cannot be called as ``node`` on ``node``'s input specs, or None when it can."""
+    tensors = [keras.KerasTensor(s.shape, dtype=s.dtype) for s in node.input_specs]
+    before = len(layer._inbound_nodes)
+    try:
+        call_node(node, tensors, layer)
+    except Exception as error:
+        return _brief(error)
+    finally:
+        del layer._inbound_nodes[before:]
+    return None
+
+
+def _check_shared_layers(session: _Session) -> None:
+    """Refuse a shared layer whose calls, after every application, still need different weight shapes."""
+    if not session.shared_changes:
+        return
+    calls_by_layer: dict[str, list[Node]] = collections.defaultdict(list)
+    for node in session.graph.topological():
+        if not node.is_input and node.layer_name in session.shared_changes:
+            calls_by_layer[node.layer_name].append(node)
+    for layer_name, calls in calls_by_layer.items():
+        first = calls[0]
+        if len(calls) < 2 or first.config is None or _is_model_layer(first.layer):
+            continue
+        probe = type(first.layer).from_config(dict(first.config))
+        reason = _misfit(first, probe)
+        misfits = [(other, _misfit(other, probe)) for other in calls[1:]] if reason is None else []
+        _forget_calls(list(probe._inbound_nodes))
+        for other, why in misfits:
+            if why is None:
+                continue
+            rule, changed = session.shared_changes[layer_name]
+            raise ShapeMismatchError(
+                f"Rule {rule!r}: layer {layer_name!r} is shared by {[c.name for c in calls]}; the new input "
+                f"shape of {changed!r} ({_describe_specs(session.graph.node(changed).input_specs)}) needs "
+                f"other weights than its call {other.name!r} ({_describe_specs(other.input_specs)}): {why}. "
+                "Rewrite every call of the shared layer, or none. Nothing was emitted."
+            )
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -903,8 +1016,9 @@ def _verify_function(
 ) -> None:
     if inputs is None:
         inputs = _random_inputs(reference)
-    want = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(reference(inputs, training=False))]
-    got = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(rewritten(inputs, training=False))]
+    with _state_kept([reference, rewritten]):
+        want = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(reference(inputs, training=False))]
+        got = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(rewritten(inputs, training=False))]
     for index, (a, b) in enumerate(zip(want, got)):
         if a.shape != b.shape:
             raise RewriteError(
@@ -987,6 +1101,7 @@ def _finish(
     name: str | None,
 ) -> RewriteResult:
     graph = session.graph
+    _check_shared_layers(session)
     _renumber_calls(graph)
     try:
         graph.verify()

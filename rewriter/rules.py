@@ -79,6 +79,7 @@ class Rule:
     name: str
     pattern: Any
     replacement: Callable[..., Any]
+    _: dataclasses.KW_ONLY
     check: Callable[[Any], CheckResult] | None = None
     function_preserving: bool = False
 
@@ -266,19 +267,41 @@ class Template:
 
 
 class _LayerPlacer:
-    """Hands out a layer per place: the instance itself first, then renamed clones (weights copied)."""
+    """Hands out a layer per place: the instance itself first, then renamed clones (weights copied).
 
-    def __init__(self, source: LayerSource) -> None:
+    With ``share_across_places`` an instance is handed out again at every further place instead (one
+    layer, several calls: shared), one per position within a place (a match with two inputs gets two
+    layers); the surgeries use it so that the calls of a shared layer get one shared new layer.
+    """
+
+    def __init__(self, source: LayerSource, *, share_across_places: bool = False) -> None:
         if source is None or not callable(source):
             raise RewriteError(
                 f"Expected a Keras layer or a factory returning one. Received: {source!r} "
                 f"of type {type(source).__name__}."
             )
         self.source = source
+        self.share_across_places = share_across_places and isinstance(source, keras.layers.Layer)
         self._count = itertools.count()
+        self._by_position: dict[int, Any] = {}
+        self._place: Any = None
+        self._position = 0
 
     def layer_for(self, match: Any) -> tuple[Any, Any]:
         """A layer for this place, and the instance whose weights it must copy once built (or None)."""
+        if not self.share_across_places:
+            return self._new_layer(match)
+        if match is not self._place:
+            self._place, self._position = match, 0
+        position = self._position
+        self._position += 1
+        if position in self._by_position:
+            return self._by_position[position], None
+        layer, weights_from = self._new_layer(match)
+        self._by_position[position] = layer
+        return layer, weights_from
+
+    def _new_layer(self, match: Any) -> tuple[Any, Any]:
         if isinstance(self.source, keras.layers.Layer):
             k = next(self._count)
             if k == 0:
@@ -299,6 +322,10 @@ class _LayerPlacer:
 
     def __repr__(self) -> str:
         return repr(self.source)
+
+
+def _placer(layer: LayerSource | _LayerPlacer) -> _LayerPlacer:
+    return layer if isinstance(layer, _LayerPlacer) else _LayerPlacer(layer)
 
 
 def call_factory(factory: Callable[..., Any], match: Any) -> Any:
@@ -378,7 +405,7 @@ def bypass(input_index: int = 0) -> Template:
 
 class _ReplaceWith(Template):
     def __init__(self, layer: LayerSource) -> None:
-        self._placer = _LayerPlacer(layer)
+        self._placer = _placer(layer)
         self.layer = layer
 
     def __call__(self, match: Any, *inputs: Any) -> Any:
@@ -397,12 +424,16 @@ def replace_with(layer: LayerSource) -> Template:
     return _ReplaceWith(layer)
 
 
-class _InsertAfter(Template):
+class _Insert(Template):
+    """A layer placed next to the match (or next to one captured node of it)."""
+
     def __init__(self, layer: LayerSource, capture: str | None) -> None:
-        self._placer = _LayerPlacer(layer)
+        self._placer = _placer(layer)
         self.layer = layer
         self.capture = capture
 
+
+class _InsertAfter(_Insert):
     def __call__(self, match: Any, *inputs: Any) -> Any:
         if self.capture is not None:
             env = replay(match, inputs, after={self.capture: lambda t: self._placer.apply(match, t)})
@@ -420,12 +451,7 @@ def follow_with(layer: LayerSource, capture: str | None = None) -> Template:
     return _InsertAfter(layer, capture)
 
 
-class _InsertBefore(Template):
-    def __init__(self, layer: LayerSource, capture: str | None) -> None:
-        self._placer = _LayerPlacer(layer)
-        self.layer = layer
-        self.capture = capture
-
+class _InsertBefore(_Insert):
     def __call__(self, match: Any, *inputs: Any) -> Any:
         if self.capture is not None:
             env = replay(match, inputs, before={self.capture: lambda t: self._placer.apply(match, t)})
@@ -458,7 +484,10 @@ def merge_layer(merge: str | LayerSource, match: Any = None) -> Any:
     """The merge layer for ``merge``: a name (add, concat, multiply, average, maximum) or a layer/factory."""
     if isinstance(merge, str):
         if merge not in _MERGES:
-            raise RewriteError(f"Unknown merge {merge!r}; expected one of {sorted(_MERGES)} or a layer.")
+            raise RewriteError(
+                f"Unknown merge {merge!r}; expected one of {sorted(_MERGES)} or a merge layer "
+                "(e.g. keras.layers.Concatenate(axis=1))."
+            )
         return _MERGES[merge]()
     if isinstance(merge, keras.layers.Layer):
         return merge
@@ -469,7 +498,7 @@ def merge_layer(merge: str | LayerSource, match: Any = None) -> Any:
 
 class _Residual(Template):
     def __init__(self, branch: LayerSource | None, merge: str | LayerSource) -> None:
-        self._placer = None if branch is None else _LayerPlacer(branch)
+        self._placer = None if branch is None else _placer(branch)
         self.branch = branch
         self.merge = merge
 

@@ -15,27 +15,9 @@ from keras import layers
 import rewriter
 from rewriter import Rule, RuleSet, op
 from tests.helpers import predict, random_inputs
+from tests.rewrite_models import assert_unchanged, same_weights, snapshot
 
 rewrite_module = importlib.import_module("rewriter.rewrite")
-
-
-def _snapshot(model: keras.Model) -> tuple[list[np.ndarray], dict[str, tuple[int, int]]]:
-    weights = [w.copy() for w in model.get_weights()]
-    bookkeeping = {
-        layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers
-    }
-    return weights, bookkeeping
-
-
-def _assert_unchanged(
-    model: keras.Model, snapshot: tuple[list[np.ndarray], dict[str, tuple[int, int]]]
-) -> None:
-    weights, bookkeeping = snapshot
-    for a, b in zip(weights, model.get_weights(), strict=True):
-        assert np.array_equal(a, b)
-    assert {
-        layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers
-    } == bookkeeping
 
 
 def _mlp(n_dense: int = 3, dropout_after: tuple[int, ...] = (), units: int = 6) -> keras.Model:
@@ -85,10 +67,10 @@ MERGE_DENSE = Rule(
 
 def test_function_replacement_and_report() -> None:
     model = _conv_bn_relu()
-    before = _snapshot(model)
+    before = snapshot(model)
     rule = Rule("relu6", "ReLU(max_value=None)", lambda match, x: layers.ReLU(max_value=6.0, name="relu6")(x))
     result = rewriter.rewrite(model, [rule])
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     assert result.model.get_layer("relu6").max_value == 6.0
     assert [a.rule for a in result.applications] == ["relu6"]
     assert result.applications[0].matched == ("relu",) and result.applications[0].new == ("relu6",)
@@ -204,9 +186,9 @@ def test_captured_layer_reused_elsewhere_keeps_its_weights() -> None:
 
 def test_computed_weights_and_fixed_point_over_overlapping_matches() -> None:
     model = _mlp(4)
-    before = _snapshot(model)
+    before = snapshot(model)
     result = rewriter.rewrite(model, [MERGE_DENSE])
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     # d0-d1 and d1-d2 overlap: never both in one pass; the fixed point merges all four.
     assert len(result.graph.nodes_of_type("Dense")) == 1
     assert result.counts() == {"merge-dense": 3}
@@ -268,13 +250,13 @@ def test_shape_mismatch_names_rule_node_and_shapes() -> None:
     left = layers.Dense(4, name="left")(inputs)
     right = layers.Dense(4, name="right")(inputs)
     model = keras.Model(inputs, layers.Add(name="add")([left, right]))
-    before = _snapshot(model)
+    before = snapshot(model)
     rule = Rule("bad", op("Dense").where(lambda n: n.name == "left"), rewriter.replace_with(layers.Dense(5)))
     with pytest.raises(rewriter.ShapeMismatchError) as info:
         rewriter.rewrite(model, [rule])
     message = str(info.value)
     assert "'bad'" in message and "'add'" in message and "(None, 5)" in message and "(None, 4)" in message
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
 def test_function_preserving_mismatch_reports_the_error_size() -> None:
@@ -422,3 +404,184 @@ def test_name_clash_of_a_new_layer_is_renamed() -> None:
     result = rewriter.rewrite(model, [rule])
     names = [layer.name for layer in result.model.layers]
     assert len(set(names)) == len(names) and "d2" in names and "d2_1" in names
+
+
+# ------------------------------------------------------------------------------ audit additions
+
+
+def _fold_bn(match: rewriter.Match, x: keras.KerasTensor) -> keras.KerasTensor:
+    """conv -> BN as one convolution: W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+    conv, bn = match["c"], match["b"]
+    gamma, beta, mean, variance = (keras.ops.convert_to_numpy(w) for w in bn.weights)
+    scale = gamma / np.sqrt(variance + bn.epsilon)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in conv.weights)
+    folded = layers.Conv2D.from_config({**conv.get_config(), "name": f"{conv.name}_folded"})
+    y = folded(x)
+    folded.set_weights([kernel * scale, (bias - mean) * scale + beta])
+    return y
+
+
+FOLD_BN = Rule(
+    "fold-bn",
+    "c:Conv2D(activation='linear') -> b:BatchNormalization",
+    _fold_bn,
+    function_preserving=True,
+)
+
+
+def test_rule_options_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        Rule("r", "Dropout", rewriter.bypass(), None, True)  # type: ignore[misc]
+    rule = Rule("r", "Dropout", rewriter.bypass(), check=None, function_preserving=True)
+    assert rule.function_preserving
+
+
+def test_fold_batchnorm_sets_computed_weights_and_keeps_the_rest() -> None:
+    model = _conv_bn_relu()
+    before = snapshot(model)
+    result = rewriter.rewrite(model, [FOLD_BN])
+    assert_unchanged(model, before)
+    assert result.counts() == {"fold-bn": 1} and result.applications[0].new == ("conv_folded",)
+    assert not result.graph.nodes_of_type("BatchNormalization")
+    conv, bn = model.get_layer("conv"), model.get_layer("bn")
+    gamma, _, _, variance = bn.get_weights()
+    folded = result.model.get_layer("conv_folded")
+    np.testing.assert_allclose(
+        folded.get_weights()[0], conv.get_weights()[0] * gamma / np.sqrt(variance + bn.epsilon), rtol=1e-6
+    )
+    assert same_weights(result.model.get_layer("head"), model.get_layer("head"))  # untouched: kept
+    assert result.reinitialized == []
+    assert result.params_after == model.count_params() - 4 * 4  # BN's 4 vectors of 4 are gone
+    assert f"{model.count_params():,} -> {result.params_after:,}" in result.report()
+    data = random_inputs(model, seed=2)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-4, atol=1e-5)
+
+
+def test_untouched_layers_keep_their_weights_and_share_no_variable() -> None:
+    model = _mlp(4, dropout_after=(1,))
+    result = rewriter.rewrite(model, [Rule("no-dropout", "Dropout", rewriter.bypass())])
+    for name in ("d0", "d1", "d2", "d3"):
+        new, old = result.model.get_layer(name), model.get_layer(name)
+        assert same_weights(new, old) and new is not old
+        assert {id(v) for v in new.weights}.isdisjoint(id(v) for v in old.weights)
+
+
+def test_overlapping_matches_found_together_apply_once() -> None:
+    model = _mlp(3)  # d0-d1 and d1-d2 both match, and overlap in d1
+    result = rewriter.rewrite(model, [MERGE_DENSE], fixed_point=False)
+    assert result.counts() == {"merge-dense": 1}
+    assert result.applications[0].matched == ("d0", "d1")
+    assert [n.name for n in result.graph.nodes_of_type("Dense")][-1] == "d2"
+    data = random_inputs(model, seed=3)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-4, atol=1e-5)
+
+
+def test_failing_or_wasteful_replacements_leave_the_input_model_alone() -> None:
+    model = _mlp(2)
+    before = snapshot(model)
+    fails = Rule("fails", "d:Dense", lambda m, x: layers.Reshape((5,))(m["d"](x)))
+    with pytest.raises(rewriter.RewriteError, match="'fails'"):
+        rewriter.rewrite(model, [fails])
+    assert_unchanged(model, before)
+
+    def wasteful(match: rewriter.Match, x: keras.KerasTensor) -> keras.KerasTensor:
+        match["d"](x)  # a call whose result is not used
+        return layers.Activation("linear", name=f"{match['d'].name}_lin")(x)
+
+    result = rewriter.rewrite(model, [Rule("wasteful", "d:Dense", wasteful)], fixed_point=False)
+    assert result.counts() == {"wasteful": 2}
+    assert_unchanged(model, before)
+
+
+def test_shape_mismatch_emits_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = layers.Input(shape=(8,), name="x")
+    model = keras.Model(inputs, layers.Add(name="add")([layers.Dense(4, name="left")(inputs), inputs[:, :4]]))
+    emitted: list[str] = []
+    real_emit = rewrite_module.emit
+    monkeypatch.setattr(
+        rewrite_module, "emit", lambda graph, **kw: emitted.append(graph.name) or real_emit(graph, **kw)
+    )
+    narrow = Rule("narrow", "Dense", rewriter.replace_with(lambda: layers.Dense(3)))
+    with pytest.raises(rewriter.ShapeMismatchError, match=r"'narrow'.*'add'.*\(None, 3\)"):
+        rewriter.rewrite(model, [narrow])
+    assert emitted == []
+    same = Rule("same", "Dense", rewriter.replace_with(lambda: layers.Dense(4)))
+    rewriter.rewrite(model, [same], fixed_point=False)
+    assert len(emitted) == 1  # the spy works
+
+
+def test_dtype_change_read_by_a_consumer_is_refused() -> None:
+    ids = layers.Input(shape=(5,), dtype="int32", name="ids")
+    h = layers.Identity(name="same")(ids)
+    model = keras.Model(ids, layers.Embedding(10, 3, name="emb")(h))
+    before = snapshot(model)
+    to_float = Rule("to-float", "Identity", lambda m, x: keras.ops.cast(x, "float32"))
+    with pytest.raises(rewriter.ShapeMismatchError, match=r"'to-float'.*float32.*int32.*emb"):
+        rewriter.rewrite(model, [to_float])
+    assert_unchanged(model, before)
+    to_int64 = Rule("to-int64", "Identity", lambda m, x: keras.ops.cast(x, "int64"))
+    result = rewriter.rewrite(model, [to_int64])  # same family: the Embedding takes it
+    assert result.counts() == {"to-int64": 1}
+
+
+def test_shared_downstream_layer_changed_at_every_call_stays_shared() -> None:
+    a = layers.Input(shape=(4,), name="a")
+    b = layers.Input(shape=(4,), name="b")
+    head = layers.Dense(2, name="head")
+    merged = layers.Add(name="add")(
+        [head(layers.Dense(4, name="ea")(a)), head(layers.Dense(4, name="eb")(b))]
+    )
+    model = keras.Model([a, b], merged)
+    before = snapshot(model)
+    widen = Rule(
+        "widen", "Dense(units=4)", rewriter.replace_with(lambda m: layers.Dense(8, name=f"{m.anchor}8"))
+    )
+    result = rewriter.rewrite(model, [widen])
+    assert_unchanged(model, before)
+    assert result.counts() == {"widen": 2} and result.reinitialized == ["head"]
+    new_head = result.model.get_layer("head")
+    assert new_head.get_weights()[0].shape == (8, 2)
+    assert len(new_head._inbound_nodes) == 2  # one layer object, two calls
+    assert [layer.name for layer in result.model.layers].count("head") == 1
+
+
+def test_shared_layer_in_the_result_has_all_its_calls() -> None:
+    a = layers.Input(shape=(4,), name="a")
+    b = layers.Input(shape=(4,), name="b")
+    shared = layers.Dense(4, name="shared")
+    out = layers.Add(name="add")([shared(layers.Dropout(0.1, name="da")(a)), shared(b)])
+    model = keras.Model([a, b], out)
+    result = rewriter.rewrite(model, [Rule("no-dropout", "Dropout", rewriter.bypass())])
+    new_shared = result.model.get_layer("shared")
+    assert len(new_shared._inbound_nodes) == 2 and same_weights(new_shared, shared)
+    data = random_inputs(model, seed=1)
+    np.testing.assert_allclose(predict(result.model, data), predict(model, data), rtol=1e-6, atol=1e-6)
+
+
+def test_numeric_check_leaves_statistics_alone() -> None:
+    inputs = layers.Input(shape=(4,), name="x")
+    h = layers.BatchNormalization(name="bn")(layers.Dense(4, name="d")(inputs), training=True)
+    model = keras.Model(inputs, layers.ReLU(name="r")(h))
+    bn = model.get_layer("bn")
+    bn.set_weights([np.ones(4), np.zeros(4), np.full(4, 3.0), np.full(4, 2.0)])
+    before = snapshot(model)
+    rule = Rule(
+        "zero-residual",
+        "ReLU",
+        rewriter.residual(branch=lambda: layers.Rescaling(0.0)),
+        function_preserving=True,
+    )
+    result = rewriter.rewrite(model, [rule], fixed_point=False)
+    assert_unchanged(model, before)  # the moving statistics were not updated by the checks
+    assert same_weights(result.model.get_layer("bn"), bn)
+
+
+def test_no_fixed_point_names_only_the_rules_that_kept_firing() -> None:
+    inputs = layers.Input(shape=(4,), name="x")
+    h = layers.Dropout(0.5, name="drop")(layers.Dense(4, name="d0")(inputs))
+    model = keras.Model(inputs, layers.Dense(2, name="d1")(layers.ReLU(name="r")(h)))
+    once = Rule("once", "Dropout", rewriter.bypass())
+    forever = Rule("forever", "ReLU", rewriter.follow_with(lambda: layers.ReLU()))
+    with pytest.raises(rewriter.RewriteError, match=r"after 3 passes.*: forever \(\d+x\)\.") as info:
+        rewriter.rewrite(model, [once, forever], max_passes=3)
+    assert "once" not in str(info.value)

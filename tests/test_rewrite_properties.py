@@ -27,6 +27,7 @@ from keras import layers
 import rewriter
 from rewriter import Rule, any_op
 from tests.helpers import flat_outputs, random_inputs
+from tests.rewrite_models import assert_unchanged, snapshot
 from tests.strategies import functional_models
 
 _SWAPPABLE = {"Add", "Multiply", "Maximum", "Minimum", "Average"}
@@ -39,13 +40,6 @@ _OPS = {
 }
 
 
-def _snapshot(model: keras.Model) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-    return (
-        [w.copy() for w in model.get_weights()],
-        [(len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers],
-    )
-
-
 def _at(name: str) -> Any:
     return any_op().where(lambda node: node.name == name, f"node {name!r}")
 
@@ -55,14 +49,11 @@ def _is_float(node: rewriter.Node) -> bool:
 
 
 def _check(model: keras.Model, rule: Rule) -> None:
-    before = _snapshot(model)
+    before = snapshot(model)
     result = rewriter.rewrite(model, [rule], fixed_point=False)
     assert result.counts() == {rule.name: 1}
     result.graph.verify()
-    after = _snapshot(model)
-    assert after[1] == before[1]
-    for a, b in zip(before[0], after[0], strict=True):
-        assert np.array_equal(a, b)
+    assert_unchanged(model, before)
     data = random_inputs(model, seed=7)
     want = flat_outputs(model, data)
     got = flat_outputs(result.model, data)

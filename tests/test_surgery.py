@@ -20,27 +20,7 @@ from keras import layers
 
 import rewriter
 from tests.helpers import predict, random_inputs
-
-
-def _snapshot(model: keras.Model) -> tuple[list[np.ndarray], dict[str, tuple[int, int]]]:
-    weights = [w.copy() for w in model.get_weights()]
-    bookkeeping = {
-        layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers
-    }
-    return weights, bookkeeping
-
-
-def _assert_unchanged(
-    model: keras.Model, snapshot: tuple[list[np.ndarray], dict[str, tuple[int, int]]]
-) -> None:
-    weights, bookkeeping = snapshot
-    now = model.get_weights()
-    assert len(now) == len(weights)
-    for a, b in zip(weights, now):
-        assert np.array_equal(a, b)
-    assert {
-        layer.name: (len(layer._inbound_nodes), len(layer._outbound_nodes)) for layer in model.layers
-    } == bookkeeping
+from tests.rewrite_models import assert_unchanged, same_weights, snapshot
 
 
 def _same_architecture(first: keras.Model, second: keras.Model) -> bool:
@@ -57,11 +37,6 @@ def _same_architecture(first: keras.Model, second: keras.Model) -> bool:
 
     ga, gb = rewriter.lift(first), rewriter.lift(second)
     return nx.is_isomorphic(ga.nx, gb.nx, node_match=node_match, edge_match=edge_match)
-
-
-def _weights_equal(a: keras.layers.Layer, b: keras.layers.Layer) -> bool:
-    wa, wb = a.get_weights(), b.get_weights()
-    return len(wa) == len(wb) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb))
 
 
 # ------------------------------------------------------------------------------ article, example 1
@@ -90,31 +65,37 @@ def _example1_by_hand() -> keras.Model:
 
 def test_insert_after_reproduces_article_example_1() -> None:
     model = _example1_original()
-    before = _snapshot(model)
+    before = snapshot(model)
     new = rewriter.insert_after(model, "pool", layers.Dense(128, activation="relu"))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     assert _same_architecture(new, _example1_by_hand())
     assert not _same_architecture(new, model)
     # Upstream weights kept; c2 (input channels 32 -> 128) fresh; `out` still fits (13*13*64 inputs).
-    assert _weights_equal(new.get_layer("c1"), model.get_layer("c1"))
-    assert _weights_equal(new.get_layer("out"), model.get_layer("out"))
+    assert same_weights(new.get_layer("c1"), model.get_layer("c1"))
+    assert same_weights(new.get_layer("out"), model.get_layer("out"))
     assert new.get_layer("c2").get_weights()[0].shape == (3, 3, 128, 64)
     assert new.rewrite_result.reinitialized == ["c2"]
     assert new.get_layer("c2") is not model.get_layer("c2")
     new.rewrite_result.graph.verify()
+    # Wired as the article wires it: original c1/pool/out, the inserted Dense, c2 with fresh weights.
+    (dense,) = [layer for layer in new.layers if isinstance(layer, layers.Dense) and layer.name != "out"]
+    data = random_inputs(model, seed=6)
+    pooled = model.get_layer("pool")(model.get_layer("c1")(data))
+    want = model.get_layer("out")(model.get_layer("flat")(new.get_layer("c2")(dense(pooled))))
+    np.testing.assert_allclose(predict(new, data), keras.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-6)
 
 
 def test_replace_layer_with_dense_keeps_what_fits() -> None:
     model = _example1_original()
-    before = _snapshot(model)
+    before = snapshot(model)
     new = rewriter.replace_layer(model, "c2", layers.Dense(128, activation="relu", name="c2_dense"))
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     names = [layer.name for layer in new.layers]
     assert names == ["x", "c1", "pool", "c2_dense", "flat", "out"]
     assert new.get_layer("flat").output.shape == (None, 15 * 15 * 128)
     assert new.rewrite_result.reinitialized == ["out"]
     assert new.get_layer("out").get_weights()[0].shape == (15 * 15 * 128, 10)
-    assert _weights_equal(new.get_layer("c1"), model.get_layer("c1"))
+    assert same_weights(new.get_layer("c1"), model.get_layer("c1"))
     application = new.rewrite_result.applications[0]
     assert application.matched == ("c2",) and application.new == ("c2_dense",)
 
@@ -123,7 +104,7 @@ def test_replace_layer_same_shape_keeps_downstream_weights_and_computes_the_repl
     model = _example1_original()
     new = rewriter.replace_layer(model, "c2", layers.Conv2D(64, (3, 3), activation="tanh", name="c2_tanh"))
     assert new.rewrite_result.reinitialized == []
-    assert _weights_equal(new.get_layer("out"), model.get_layer("out"))
+    assert same_weights(new.get_layer("out"), model.get_layer("out"))
     data = random_inputs(model, seed=3)
     # Recompute by hand with the inserted layer's own weights.
     pooled = keras.Model(model.input, model.get_layer("pool").output)(data)
@@ -152,15 +133,18 @@ def _example2_by_hand() -> keras.Model:
 
 def test_remove_layer_reproduces_article_example_2() -> None:
     model = _example2_original()
-    before = _snapshot(model)
+    before = snapshot(model)
     new = rewriter.remove_layer(model, "d30")
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     assert _same_architecture(new, _example2_by_hand())
     assert [layer.name for layer in new.layers] == ["x", "d50", "d10"]
-    assert _weights_equal(new.get_layer("d50"), model.get_layer("d50"))
+    assert same_weights(new.get_layer("d50"), model.get_layer("d50"))
     assert new.get_layer("d10").get_weights()[0].shape == (50, 10)
     assert new.rewrite_result.reinitialized == ["d10"]
     assert "d10" in new.rewrite_result.report()
+    data = random_inputs(model, seed=8)
+    want = new.get_layer("d10")(model.get_layer("d50")(data))
+    np.testing.assert_allclose(predict(new, data), keras.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-6)
 
 
 def test_remove_layer_by_layer_object_and_same_shape_is_exact() -> None:
@@ -202,16 +186,22 @@ def _example3_by_hand() -> keras.Model:
 
 def test_add_skip_reproduces_article_example_3() -> None:
     model = _example3_original()
-    before = _snapshot(model)
+    before = snapshot(model)
     projection = layers.Conv2D(128, (1, 1), padding="same", name="shortcut")
     new = rewriter.add_skip(model, source="c1", target="c3", merge="concat", projection=projection)
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     assert _same_architecture(new, _example3_by_hand())
     for name in ("c1", "c2", "c3"):
-        assert _weights_equal(new.get_layer(name), model.get_layer(name))
+        assert same_weights(new.get_layer(name), model.get_layer(name))
     assert new.get_layer("out").get_weights()[0].shape == (256, 10)
     assert new.rewrite_result.reinitialized == ["out"]
     assert new.get_layer("shortcut") is projection  # the instance given is used at its (only) place
+    data = random_inputs(model, seed=7)
+    c1 = model.get_layer("c1")(data)
+    main = model.get_layer("c3")(model.get_layer("c2")(c1))
+    merged = keras.ops.concatenate([projection(c1), main], axis=-1)
+    want = new.get_layer("out")(model.get_layer("gap")(merged))
+    np.testing.assert_allclose(predict(new, data), keras.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-5)
 
 
 def test_add_skip_add_computes_the_sum() -> None:
@@ -251,21 +241,60 @@ def _shared_model() -> keras.Model:
 
 def test_shared_layer_means_every_call_unless_one_call_is_named() -> None:
     model = _shared_model()
-    every = rewriter.insert_after(model, "shared", layers.ReLU(name="relu"))
+    before = snapshot(model)
+    post = layers.Dense(4, name="post")
+    every = rewriter.insert_after(model, "shared", post)
+    assert_unchanged(model, before)
     graph = every.rewrite_result.graph
-    assert len(graph.nodes_of_type("ReLU")) == 2
-    relu_names = sorted(layer.name for layer in every.layers if isinstance(layer, layers.ReLU))
-    assert relu_names == ["relu", "relu_1"]  # the instance first, then a renamed clone
-    shared_calls = [n for n in graph.topological() if n.layer_name == "shared"]
-    assert len(shared_calls) == 2  # the shared layer stays shared
+    # One instance after every call of a shared layer: one new layer, shared like the layer it follows.
+    post_calls = [n for n in graph.topological() if n.layer_name == "post"]
+    assert [n.name for n in post_calls] == ["post", "post@1"] and post_calls[0].layer is post_calls[1].layer
+    assert [layer.name for layer in every.layers].count("post") == 1
+    assert len(every.get_layer("post")._inbound_nodes) == 2
+    assert len([n for n in graph.topological() if n.layer_name == "shared"]) == 2  # still shared
+    data = random_inputs(model, seed=0)
+    shared, new_post = model.get_layer("shared"), every.get_layer("post")
+    want = model.get_layer("head")(new_post(shared(data[0])) + new_post(shared(data[1])))
+    np.testing.assert_allclose(predict(every, data), keras.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-6)
+    # A factory: one layer per call.
+    per_call = rewriter.insert_after(model, "shared", lambda: layers.Dense(4))
+    dense_after = [n for n in per_call.rewrite_result.graph.topological() if n.op_type == "Dense"][1:3]
+    assert dense_after[0].layer is not dense_after[1].layer
+    # One named call.
     one = rewriter.insert_after(model, "shared@1", layers.ReLU(name="relu"))
     assert len(one.rewrite_result.graph.nodes_of_type("ReLU")) == 1
     (consumer,) = one.rewrite_result.graph.consumer_nodes("shared@1")
     assert one.rewrite_result.graph.node(consumer).op_type == "ReLU"
-    data = random_inputs(model, seed=0)
-    shared = model.get_layer("shared")
     want = model.get_layer("head")(shared(data[0]) + keras.ops.relu(shared(data[1])))
     np.testing.assert_allclose(predict(one, data), keras.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-6)
+
+
+def test_replacing_a_shared_layer_keeps_the_replacement_shared() -> None:
+    model = _shared_model()
+    before = snapshot(model)
+    new = rewriter.replace_layer(model, model.get_layer("shared"), layers.Dense(4, name="tied"))
+    assert_unchanged(model, before)
+    tied = new.get_layer("tied")
+    assert [layer.name for layer in new.layers].count("tied") == 1 and len(tied._inbound_nodes) == 2
+    assert new.rewrite_result.reinitialized == []
+    assert same_weights(new.get_layer("head"), model.get_layer("head"))
+    data = random_inputs(model, seed=4)
+    want = model.get_layer("head")(tied(data[0]) + tied(data[1]))
+    np.testing.assert_allclose(predict(new, data), keras.ops.convert_to_numpy(want), rtol=1e-5, atol=1e-6)
+
+
+def test_inserting_after_a_shared_encoder_widens_a_shared_head() -> None:
+    a = layers.Input(shape=(4,), name="a")
+    b = layers.Input(shape=(4,), name="b")
+    encoder, head = layers.Dense(4, name="enc"), layers.Dense(2, name="head")
+    model = keras.Model([a, b], layers.Add(name="add")([head(encoder(a)), head(encoder(b))]))
+    before = snapshot(model)
+    new = rewriter.insert_after(model, "enc", layers.Dense(8, name="wide"))
+    assert_unchanged(model, before)
+    assert new.rewrite_result.reinitialized == ["head"]
+    assert new.get_layer("head").get_weights()[0].shape == (8, 2)
+    assert len(new.get_layer("head")._inbound_nodes) == 2 and len(new.get_layer("wide")._inbound_nodes) == 2
+    assert same_weights(new.get_layer("enc"), encoder)
 
 
 def test_insert_before_a_merge_puts_one_layer_per_input() -> None:
@@ -274,7 +303,7 @@ def test_insert_before_a_merge_puts_one_layer_per_input() -> None:
     graph = new.rewrite_result.graph
     assert [graph.node(p.node).op_type for p in graph.producers("add")] == ["Dense", "Dense"]
     assert new.rewrite_result.reinitialized == []
-    assert _weights_equal(new.get_layer("head"), model.get_layer("head"))
+    assert same_weights(new.get_layer("head"), model.get_layer("head"))
 
 
 def test_remove_layer_that_breaks_a_merge_raises_and_changes_nothing() -> None:
@@ -282,20 +311,114 @@ def test_remove_layer_that_breaks_a_merge_raises_and_changes_nothing() -> None:
     left = layers.Dense(4, name="left")(inputs)
     right = layers.Dense(4, name="right")(inputs)
     model = keras.Model(inputs, layers.Add(name="add")([left, right]))
-    before = _snapshot(model)
+    before = snapshot(model)
     with pytest.raises(rewriter.ShapeMismatchError, match="'add'"):
         rewriter.remove_layer(model, "left")
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
 
-def test_unknown_place_and_input_place_are_clear_errors() -> None:
-    model = _example2_original()
-    with pytest.raises(rewriter.RewriteError, match="d30"):
-        rewriter.remove_layer(model, "nope")
-    with pytest.raises(rewriter.RewriteError, match="model input"):
-        rewriter.insert_after(model, "x", layers.ReLU())
-    with pytest.raises(rewriter.RewriteError, match="not called in the model"):
-        rewriter.insert_after(model, layers.ReLU(), layers.ReLU())
+def _merge_model() -> keras.Model:
+    inputs = layers.Input(shape=(8,), name="x")
+    left = layers.Dense(4, name="left")(inputs)
+    right = layers.Dense(4, name="right")(inputs)
+    merged = layers.Add(name="add")([left, right])
+    return keras.Model(inputs, layers.Dense(2, name="head")(merged))
+
+
+_BAD_CALLS = {
+    "unknown layer name": (
+        lambda m: rewriter.remove_layer(m, "nope"),
+        rewriter.RewriteError,
+        r"no layer or node named 'nope'\. Layers: left, right, add, head",
+    ),
+    "unknown layer object": (
+        lambda m: rewriter.insert_after(m, layers.ReLU(name="stray"), layers.ReLU()),
+        rewriter.RewriteError,
+        r"'stray' is not called in the model\. Pass a layer of this model",
+    ),
+    "remove an input by name": (
+        lambda m: rewriter.remove_layer(m, "x"),
+        rewriter.RewriteError,
+        r"'x' is a model input, not a layer",
+    ),
+    "remove an input by object": (
+        lambda m: rewriter.remove_layer(m, m.get_layer("x")),
+        rewriter.RewriteError,
+        r"'x' is a model input, not a layer",
+    ),
+    "remove a layer with two inputs": (
+        lambda m: rewriter.remove_layer(m, "add"),
+        rewriter.RewriteError,
+        r"'add' \(Add\) has 2 inputs \(left, right\); pass input_index=0\.\.\.1",
+    ),
+    "input_index out of range": (
+        lambda m: rewriter.remove_layer(m, "add", input_index=2),
+        rewriter.RewriteError,
+        r"input_index=2, but 'add' has 2 input",
+    ),
+    "add_skip unknown merge": (
+        lambda m: rewriter.add_skip(m, source="left", target="head", merge="foo"),
+        rewriter.RewriteError,
+        r"Unknown merge 'foo'; expected one of \['add', 'average', 'concat'",
+    ),
+    "add_skip to an input": (
+        lambda m: rewriter.add_skip(m, source="left", target="x"),
+        rewriter.RewriteError,
+        r"'x' is a model input",
+    ),
+    "add_skip shapes without projection": (
+        lambda m: rewriter.add_skip(m, source="left", target="head", merge="add"),
+        rewriter.ShapeMismatchError,
+        r"shortcut from 'left' of shape \(None, 4\) with 'head' of shape \(None, 2\).*projection=",
+    ),
+    "add_skip backwards": (
+        lambda m: rewriter.add_skip(m, source="head", target="left"),
+        rewriter.RewriteError,
+        r"target 'left' does not come after source 'head'",
+    ),
+    "replace breaks a merge": (
+        lambda m: rewriter.replace_layer(m, "left", layers.Dense(5)),
+        rewriter.ShapeMismatchError,
+        r"'replace_layer': node 'add' \(Add, layer 'add'\) cannot take its new input shape\(s\) "
+        r"\(None, 5\) float32, \(None, 4\) float32",
+    ),
+    "not a model": (
+        lambda m: rewriter.insert_after("model.keras", "left", layers.ReLU()),
+        rewriter.RewriteError,
+        r"Expected a keras\.Model or a rewriter\.Graph",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CALLS))
+def test_bad_input_is_a_clear_error_and_changes_nothing(case: str) -> None:
+    call, error_type, message = _BAD_CALLS[case]
+    model = _merge_model()
+    before = snapshot(model)
+    with pytest.raises(error_type, match=message) as info:
+        call(model)
+    assert_unchanged(model, before)
+    # The error is ours, with the Keras exception (if any) out of the printed traceback.
+    assert info.value.__cause__ is None or isinstance(info.value.__cause__, rewriter.RewriteError)
+
+
+def test_add_skip_from_a_model_input() -> None:
+    model = _merge_model()
+    new = rewriter.add_skip(model, source="x", target="add", merge="concat")
+    assert new.rewrite_result.reinitialized == ["head"]
+    assert new.get_layer("head").get_weights()[0].shape == (12, 2)
+    (concat,) = new.rewrite_result.graph.nodes_of_type("Concatenate")
+    assert new.rewrite_result.graph.producer_nodes(concat.name) == ["x", "add"]
+
+
+def test_remove_one_input_of_a_merge_when_asked() -> None:
+    model = _merge_model()
+    new = rewriter.remove_layer(model, "add", input_index=1)
+    assert new.rewrite_result.graph.producer_nodes("head") == ["right"]
+    assert new.rewrite_result.reinitialized == []
+    data = random_inputs(model, seed=5)
+    want = model.get_layer("head")(model.get_layer("right")(data))
+    np.testing.assert_allclose(predict(new, data), keras.ops.convert_to_numpy(want), rtol=1e-6, atol=1e-6)
 
 
 def test_surgery_result_trains_and_saves(tmp_path: os.PathLike) -> None:
