@@ -875,8 +875,14 @@ def _pattern_depth(pattern: Any) -> int:
         return 8
 
 
-def _neighbourhood(graph: Graph, seeds: Iterable[str], depth: int) -> set[str]:
-    """``seeds`` still in the graph, their producers, and their consumers up to ``depth`` steps."""
+def _neighbourhood(graph: Graph, seeds: Iterable[str], depth: int, *, both_ways: bool = False) -> set[str]:
+    """Where a pattern of ``depth`` nodes may newly match after a change at ``seeds``: the anchors to try.
+
+    A one-sink pattern is anchored at its sink, downstream of every matched node, so the anchor is among
+    the consumers (up to ``depth`` steps) of the seeds or of their producers (a change may also change the
+    consumers of a producer). A pattern with several sinks is anchored at its first sink, which may sit on
+    another branch: then every node within ``depth`` steps either way is a candidate (``both_ways``).
+    """
     start = {s for s in seeds if s in graph}
     for name in list(start):
         start.update(graph.producer_nodes(name))
@@ -885,10 +891,13 @@ def _neighbourhood(graph: Graph, seeds: Iterable[str], depth: int) -> set[str]:
     for _ in range(depth):
         following: set[str] = set()
         for name in frontier:
-            for consumer in graph.consumer_nodes(name):
-                if consumer not in found:
-                    found.add(consumer)
-                    following.add(consumer)
+            neighbours = graph.consumer_nodes(name)
+            if both_ways:
+                neighbours = [*neighbours, *graph.producer_nodes(name)]
+            for neighbour in neighbours:
+                if neighbour not in found:
+                    found.add(neighbour)
+                    following.add(neighbour)
         if not following:
             break
         frontier = following
@@ -920,6 +929,7 @@ def _count_params(model_or_graph: Any) -> int:
 def _run_passes(session: _Session, rules: RuleSet, max_passes: int, fixed_point: bool) -> int:
     graph = session.graph
     depth = max((_pattern_depth(rule.pattern) for rule in rules), default=1)
+    several_sinks = any(len(getattr(rule.pattern, "sinks", ())) > 1 for rule in rules)
     anchors: set[str] | None = None
     passes = 0
     for pass_index in range(max_passes + 1):
@@ -975,7 +985,7 @@ def _run_passes(session: _Session, rules: RuleSet, max_passes: int, fixed_point:
             )
         if not fixed_point:
             return passes
-        anchors = _neighbourhood(graph, region, depth)
+        anchors = _neighbourhood(graph, region, depth, both_ways=several_sinks)
     return passes
 
 

@@ -567,7 +567,7 @@ def test_numeric_check_leaves_statistics_alone() -> None:
     before = snapshot(model)
     rule = Rule(
         "zero-residual",
-        "ReLU",
+        "BatchNormalization",
         rewriter.residual(branch=lambda: layers.Rescaling(0.0)),
         function_preserving=True,
     )
@@ -585,3 +585,25 @@ def test_no_fixed_point_names_only_the_rules_that_kept_firing() -> None:
     with pytest.raises(rewriter.RewriteError, match=r"after 3 passes.*: forever \(\d+x\)\.") as info:
         rewriter.rewrite(model, [once, forever], max_passes=3)
     assert "once" not in str(info.value)
+
+
+def test_fixed_point_finds_a_multi_sink_match_created_far_from_its_anchor() -> None:
+    inputs = layers.Input(shape=(4,), name="x")
+    a = layers.Dense(4, name="a")(inputs)
+    chain = layers.ReLU(name="r2")(layers.ReLU(name="r1")(a))
+    chain = layers.ReLU(name="r3")(layers.Dropout(0.1, name="drop")(chain))
+    model = keras.Model(inputs, [chain, layers.Softmax(name="sm")(a)])
+    dense = op("Dense").named("a")
+    pattern = rewriter.Pattern(
+        (dense >> op("Softmax")).named("s"), dense >> op("ReLU") >> op("ReLU") >> op("ReLU")
+    )
+    mark = Rule(
+        "mark",
+        pattern,
+        rewriter.follow_with(lambda: layers.Activation("linear")),
+        check=lambda m: not m.graph.consumer_nodes(m.captures["s"]) or "already marked",
+    )
+    # "mark" is tried first and finds nothing; removing the dropout (4 steps from the anchor 'sm') creates
+    # its match, which a later pass must find although it only re-matches around the change.
+    result = rewriter.rewrite(model, [mark, Rule("no-dropout", "Dropout", rewriter.bypass())])
+    assert result.counts() == {"no-dropout": 1, "mark": 1}
