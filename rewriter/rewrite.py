@@ -83,6 +83,8 @@ class RewriteResult:
         vetoed: ``(rule, anchor, reason)`` for each match a rule's ``check`` refused.
         skipped: ``(rule, anchor, reason)`` for each match that could not be applied (e.g. an interior
             output is used outside the match).
+        unverified: ``(rule, anchor, reason)`` for each application of a function-preserving rule that
+            could not be checked numerically (neither where it applied nor end to end).
         passes: Number of passes over the rules.
         params_before: Parameter count of the input.
         params_after: Parameter count of ``model``.
@@ -94,6 +96,7 @@ class RewriteResult:
     reinitialized: list[str]
     vetoed: list[tuple[str, str, str]]
     skipped: list[tuple[str, str, str]]
+    unverified: list[tuple[str, str, str]]
     passes: int
     params_before: int
     params_after: int
@@ -130,6 +133,9 @@ class RewriteResult:
         if self.skipped:
             lines.append(f"skipped: {len(self.skipped)}")
             lines.extend(f"  {rule} at {anchor!r}: {reason}" for rule, anchor, reason in self.skipped[:10])
+        if self.unverified:
+            lines.append(f"function-preserving but NOT verified: {len(self.unverified)}")
+            lines.extend(f"  {rule} at {anchor!r}: {reason}" for rule, anchor, reason in self.unverified[:10])
         return "\n".join(lines)
 
 
@@ -239,6 +245,8 @@ class _Session:
         self.atol = 1e-4
         self.rtol = 1e-3
         self.check_locally = True
+        self.inputs: Any = None  # the caller's inputs for the numeric checks (random ones if None)
+        self.unverified: list[tuple[str, str, str]] = []
 
     def placeholders(self, specs: Sequence[TensorSpec]) -> list[Any]:
         """One symbolic input per spec; reused across applications (their calls are forgotten after)."""
@@ -419,7 +427,7 @@ def _apply(session: _Session, rule: Rule, match: Any) -> _Outcome | str | None:
     members = list(match.nodes)
     member_set = set(members)
     if rule.function_preserving and session.check_locally:
-        _check_locally(graph, rule.name, match, mini, input_ports, session.atol, session.rtol)
+        _check_locally(session, rule.name, match, mini, input_ports)
 
     # Map mini-graph ports to graph ports; detect kept nodes (same layer called on the same inputs).
     port_map: dict[Port, Port] = {}
@@ -594,30 +602,44 @@ def _evaluate(graph: Graph, names: Iterable[str], env: dict[Port, Any]) -> None:
             env[Port(name, index)] = keras.ops.convert_to_numpy(value)
 
 
-def _check_locally(
-    graph: Graph, rule: str, match: Any, mini: Graph, input_ports: list[Port], atol: float, rtol: float
-) -> None:
-    """Compare the matched subgraph with its replacement on random inputs (inference mode)."""
-    rng = np.random.default_rng(0)
-    arrays = []
-    for port in input_ports:
-        spec = _input_spec(graph, port)
-        arrays.append(_random_array(spec.shape, spec.dtype, rng))
+def _check_locally(session: _Session, rule: str, match: Any, mini: Graph, input_ports: list[Port]) -> None:
+    """Compare the matched subgraph with its replacement (inference mode) on the same inputs.
+
+    The inputs are random (of the match's input shapes), or, when the caller passed model inputs, the
+    values the current graph computes at the match's inputs from them. A matched part that cannot run on
+    its own is noted in ``session.unverified`` (the end-to-end check covers it when it runs).
+    """
+    graph, atol, rtol = session.graph, session.atol, session.rtol
     involved = [graph.node(name).layer for name in match.nodes] + [node.layer for node in mini.topological()]
+    if session.inputs is not None:  # the values at the match come from running its ancestors
+        involved += [node.layer for node in graph.topological()]
     with _state_kept(involved):
         try:
+            if session.inputs is None:
+                rng = np.random.default_rng(0)
+                arrays = [
+                    _random_array(_input_spec(graph, p).shape, _input_spec(graph, p).dtype, rng)
+                    for p in input_ports
+                ]
+                domain = "random inputs"
+            else:
+                arrays = _values_at(graph, input_ports, session.inputs)
+                domain = "the inputs you passed"
             before = dict(zip(input_ports, arrays))
             _evaluate(graph, match.nodes, before)
             want = [before[p] for p in match.outputs]
-        except Exception:
-            return  # the matched part cannot run alone (e.g. unknown sizes): the end-to-end check remains
+        except Exception as error:
+            session.unverified.append(
+                (rule, str(match.anchor), f"the matched layers cannot run alone: {_brief(error)}")
+            )
+            return
         after = {Port(name, 0): array for name, array in zip(mini.inputs, arrays)}
         try:
             _evaluate(mini, mini.topological_names(), after)
         except Exception as error:
             raise RewriteError(
                 f"Function-preserving rule {rule!r}: the replacement at {match.anchor!r} cannot run on the "
-                f"inputs the matched layers take: {error}"
+                f"inputs the matched layers take: {_brief(error)}"
             ) from error
     for index, (a, b) in enumerate(zip(want, (after[p] for p in mini.outputs))):
         a, b = np.asarray(a), np.asarray(b)
@@ -628,10 +650,26 @@ def _check_locally(
             )
             raise RewriteError(
                 f"Function-preserving rule {rule!r} changes what the model computes at {match.anchor!r} "
-                f"(nodes {list(match.nodes)}): output {index} of the replacement {what} on random inputs "
+                f"(nodes {list(match.nodes)}): output {index} of the replacement {what} on {domain} "
                 f"(tolerance atol={atol}, rtol={rtol}). Fix the replacement (or its computed weights), or "
                 "drop function_preserving=True."
             )
+
+
+def _values_at(graph: Graph, ports: Sequence[Port], inputs: Any) -> list[np.ndarray]:
+    """The values ``graph`` computes at ``ports`` from the model inputs ``inputs`` (eagerly, inference)."""
+    names = keras.tree.flatten(graph.input_structure)
+    arrays = keras.tree.flatten(inputs)
+    if len(names) != len(arrays):
+        raise RewriteError(
+            f"Expected {len(names)} model input(s) for inputs=. Received: {len(arrays)} array(s)."
+        )
+    env = {Port(name, 0): keras.ops.convert_to_numpy(array) for name, array in zip(names, arrays)}
+    needed = {p.node for p in ports}
+    for port in ports:
+        needed |= nx.ancestors(graph.nx, port.node)
+    _evaluate(graph, [n for n in graph.topological_names() if n in needed], env)
+    return [env[p] for p in ports]
 
 
 def _resolve(port: Port, temp_of: dict[str, str]) -> Port:
@@ -1094,7 +1132,10 @@ def rewrite(
         )
     session = _Session(source_graph.copy())
     session.atol, session.rtol = atol, rtol
-    session.check_locally = inputs is None  # caller's inputs: only the end-to-end check is meaningful
+    session.inputs = inputs
+    # When every rule preserves the function and the caller gave inputs, the end-to-end check on them says
+    # all; otherwise each application of a preserving rule is checked where it happens.
+    session.check_locally = inputs is None or not all(rule.function_preserving for rule in rule_set)
     passes = _run_passes(session, rule_set, max_passes, fixed_point)
     return _finish(session, source_graph, source_model, rule_set, passes, inputs, atol, rtol, name)
 
@@ -1124,6 +1165,7 @@ def _finish(
         if preserving and all(r.function_preserving for r in rules if r.name in applied):
             reference = source_model if source_model is not None else emit(source_graph)
             _verify_function(reference, model, inputs, preserving, atol, rtol)
+            session.unverified.clear()  # the end-to-end check covered them
     present = _layer_names(graph)
     return RewriteResult(
         model=model,
@@ -1132,6 +1174,7 @@ def _finish(
         reinitialized=[name for name in session.reinitialized if name in present],
         vetoed=list(session.vetoed),
         skipped=list(session.skipped),
+        unverified=list(session.unverified),
         passes=passes,
         params_before=_count_params(source_model if source_model is not None else source_graph),
         params_after=int(model.count_params()),

@@ -607,3 +607,45 @@ def test_fixed_point_finds_a_multi_sink_match_created_far_from_its_anchor() -> N
     # its match, which a later pass must find although it only re-matches around the change.
     result = rewriter.rewrite(model, [mark, Rule("no-dropout", "Dropout", rewriter.bypass())])
     assert result.counts() == {"no-dropout": 1, "mark": 1}
+
+
+def test_function_preserving_rule_in_a_mixed_set_is_checked_on_caller_inputs() -> None:
+    model = _conv_bn_relu()
+    conv, bn = model.get_layer("conv"), model.get_layer("bn")
+    conv.set_weights([np.abs(conv.get_weights()[0]), np.zeros(4, "float32")])
+    bn.set_weights([np.ones(4), -10 * np.ones(4), np.zeros(4), np.ones(4)])
+    clip = Rule(
+        "clip",
+        "ReLU(max_value=None)",
+        rewriter.replace_with(lambda: layers.ReLU(max_value=1e-3)),
+        function_preserving=True,
+    )
+    head = Rule("head", "Dense(units=3)", rewriter.replace_with(lambda: layers.Dense(5)))  # not preserving
+    negative = np.full((2, 8, 8, 3), -100.0, "float32")  # every activation before the ReLU is negative
+    result = rewriter.rewrite(model, [head, clip], inputs=negative)
+    assert result.counts() == {"head": 1, "clip": 1} and result.unverified == []
+    with pytest.raises(
+        rewriter.RewriteError, match=r"'clip' changes .* differs by up to .* the inputs you passed"
+    ):
+        rewriter.rewrite(model, [head, clip], inputs=np.full((2, 8, 8, 3), 100.0, "float32"))
+    with pytest.raises(rewriter.RewriteError, match=r"'clip' changes .* on random inputs"):
+        rewriter.rewrite(model, [head, clip])
+
+
+def test_function_preserving_application_that_cannot_be_checked_is_reported() -> None:
+    ids = layers.Input(shape=(5,), dtype="int32", name="ids")
+    model = keras.Model(ids, layers.Dense(2, name="head")(layers.Embedding(3, 4, name="emb")(ids)))
+    linear = Rule(
+        "linear-after",
+        "Embedding",
+        rewriter.follow_with(lambda: layers.Activation("linear")),
+        function_preserving=True,
+    )
+    head = Rule("head", "Dense(units=2)", rewriter.replace_with(lambda: layers.Dense(4)))
+    # Random ids in [0, 8) do not fit a 3-row embedding, and the set is mixed: no end-to-end check either.
+    result = rewriter.rewrite(model, [linear, head], fixed_point=False)
+    assert [(rule, anchor) for rule, anchor, _ in result.unverified] == [("linear-after", "emb")]
+    assert "NOT verified: 1" in result.report()
+    # Preserving rules only: the end-to-end check (on valid caller inputs) covers it.
+    ok = rewriter.rewrite(model, [linear], fixed_point=False, inputs=np.zeros((2, 5), "int32"))
+    assert ok.unverified == []
