@@ -133,6 +133,10 @@ def batchnorm_scale_shift(bn: Any) -> tuple[np.ndarray, np.ndarray]:
     return scale, beta - scale * mean
 
 
+def _numpy(value: Any) -> np.ndarray:
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+
+
 def _bn_axes(bn_config: dict[str, Any], rank: int) -> list[int]:
     axis = bn_config.get("axis", -1)
     axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
@@ -202,18 +206,18 @@ def fold_batchnorm(layer: Any, bn: Any) -> list[np.ndarray]:
     op_type = type(layer).__name__
     scale, shift = batchnorm_scale_shift(bn)
     bias = (
-        np.asarray(layer.bias.numpy(), dtype=np.float64)
+        np.asarray(_numpy(layer.bias), dtype=np.float64)
         if getattr(layer, "bias", None) is not None
         else np.zeros_like(scale)
     )
     new_bias = scale * bias + shift
     if op_type.startswith("SeparableConv"):
-        depthwise = np.asarray(layer.depthwise_kernel.numpy())
-        pointwise = np.asarray(layer.pointwise_kernel.numpy())
+        depthwise = _numpy(layer.depthwise_kernel)
+        pointwise = _numpy(layer.pointwise_kernel)
         dtype = pointwise.dtype
         folded = pointwise.astype(np.float64) * scale
         return [depthwise, folded.astype(dtype), new_bias.astype(dtype)]
-    kernel = np.asarray(layer.kernel.numpy())
+    kernel = _numpy(layer.kernel)  # with LoRA enabled: the merged kernel
     dtype = kernel.dtype
     k64 = kernel.astype(np.float64)
     if op_type.startswith("DepthwiseConv"):
@@ -228,7 +232,10 @@ def fold_batchnorm(layer: Any, bn: Any) -> list[np.ndarray]:
 
 
 def folded_config(config: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
-    """A copy of a layer config with a bias (where BN's shift goes) and, optionally, a new name.
+    """A copy of a layer config with a bias (where BN's shift goes), no LoRA adapter, optionally renamed.
+
+    `fold_batchnorm` reads ``layer.kernel``, which already includes a LoRA update, so the folded layer
+    carries the merged kernel and needs no adapter.
 
     Example:
         >>> folded_config({"name": "c", "use_bias": False})["use_bias"]
@@ -236,6 +243,9 @@ def folded_config(config: dict[str, Any], *, name: str | None = None) -> dict[st
     """
     new = dict(config)
     new["use_bias"] = True
+    for key in ("lora_rank", "lora_alpha"):  # the fold reads the merged kernel (LoRA update included)
+        if key in new:
+            new[key] = None
     if name is not None:
         new["name"] = name
     return new

@@ -57,8 +57,9 @@ import keras
 import numpy as np
 
 from patterns import _algebra
+from patterns._graph_tools import call_with_weights, escapes, is_shared, rebuilt_call
 from rewriter.errors import RewriteError
-from rewriter.graph import Graph, Port
+from rewriter.graph import Port
 from rewriter.pattern import Pattern, as_pattern, one_of, op
 from rewriter.rules import Rule, RuleSet, residual
 
@@ -90,21 +91,6 @@ CONVOLUTIONS: tuple[str, ...] = (
     "Conv2DTranspose",
     "Conv3DTranspose",
 )
-
-
-def _rebuilt(layer: Any, x: Any, *, weights: list[np.ndarray] | None = None, **changes: Any) -> Any:
-    """Call a copy of ``layer`` (config plus ``changes``) on ``x``; set ``weights`` (default: its own)."""
-    config = {**layer.get_config(), **changes}
-    new = type(layer).from_config(config)
-    y = new(x)
-    new.set_weights(layer.get_weights() if weights is None else weights)
-    return y
-
-
-def _escapes(graph: Graph, name: str, consumer: str) -> bool:
-    return any(u.consumer != consumer for u in graph.consumers(name)) or any(
-        p.node == name for p in graph.outputs
-    )
 
 
 # ----------------------------------------------------------------------------- activation family
@@ -139,7 +125,7 @@ def swap_activation(old: str | Sequence[str] = "relu", new: str = "swish") -> Ru
         raise RewriteError(f"swap_activation: new={new!r} is among old={given!r}; the swap would never end.")
 
     def replace_argument(match: Any, x: Any) -> Any:
-        return _rebuilt(match["layer"], x, activation=new)
+        return rebuilt_call(match["layer"], x, activation=new)
 
     rules = [
         Rule(
@@ -235,13 +221,11 @@ def conv_to_separable(*, depth_multiplier: int = 1) -> Rule:
             use_bias=config["use_bias"],
             name=conv.name,
         )
-        y = separable(x)
         depthwise, pointwise = separable_from_conv_weights(np.asarray(conv.kernel.numpy()), depth_multiplier)
         weights = [depthwise, pointwise]
         if config["use_bias"]:
             weights.append(np.asarray(conv.bias.numpy()))
-        separable.set_weights(weights)
-        return y
+        return call_with_weights(separable, x, weights)
 
     return Rule(
         f"conv2d-to-separable-x{depth_multiplier}",
@@ -281,7 +265,7 @@ def conv_pool_to_strided_conv(*, pools: Sequence[str] = ("MaxPooling2D", "Averag
             )
         if cconf.get("data_format") == "channels_first" or pconf.get("data_format") == "channels_first":
             return "channels_first is not supported"
-        if _escapes(match.graph, conv.name, pool.name):
+        if escapes(match.graph, conv.name, pool.name):
             return f"the output of {conv.name!r} is also used elsewhere"
         size_in = conv.input_specs[0].shape[1:3]
         want = pool.output_specs[0].shape[1:3]
@@ -297,7 +281,7 @@ def conv_pool_to_strided_conv(*, pools: Sequence[str] = ("MaxPooling2D", "Averag
 
     def replacement(match: Any, x: Any) -> Any:
         pool_size = tuple((match.node("pool").config or {})["pool_size"])
-        return _rebuilt(match["conv"], x, strides=pool_size)
+        return rebuilt_call(match["conv"], x, strides=pool_size)
 
     return Rule(
         "conv-pool-to-strided-conv",
@@ -326,7 +310,7 @@ def flatten_dense_to_global_pooling() -> Rule:
             return "channels_first Flatten"
         if dense.input_specs[0].rank != 2:
             return "the Dense does not read the flat vector"
-        if _escapes(match.graph, flatten.name, dense.name):
+        if escapes(match.graph, flatten.name, dense.name):
             return f"the output of {flatten.name!r} is also used elsewhere"
         return None
 
@@ -340,7 +324,7 @@ def flatten_dense_to_global_pooling() -> Rule:
         weights = dense.get_weights()
         kernel = weights[0]
         weights[0] = kernel.reshape(positions, shape[-1], kernel.shape[-1]).sum(axis=0)
-        return _rebuilt(dense, pooling(x), weights=weights)
+        return rebuilt_call(dense, pooling(x), weights=weights)
 
     return Rule(
         "flatten-dense-to-global-pooling",
@@ -374,7 +358,7 @@ def insert_batchnorm_after_convolutions(
         consumers = graph.consumer_nodes(conv.name)
         if any(graph.node(c).op_type == "BatchNormalization" for c in consumers):
             return f"{conv.name!r} is already followed by a BatchNormalization"
-        if sum(1 for n in graph.nx.nodes.values() if n["node"].layer is conv.layer) > 1:
+        if is_shared(graph, conv):
             return f"layer {conv.layer_name!r} is shared"
         return None
 
@@ -384,17 +368,16 @@ def insert_batchnorm_after_convolutions(
         config = conv.get_config()
         activation = config.get("activation")
         move = before_activation and activation not in (None, "linear")
-        y = _rebuilt(conv, x, activation="linear") if move else _rebuilt(conv, x)
+        y = rebuilt_call(conv, x, activation="linear") if move else rebuilt_call(conv, x)
         rank = node.output_specs[0].rank
         axis = _algebra.channel_axis(node.op_type, config, rank)
         epsilon = 1e-3
         bn = keras.layers.BatchNormalization(axis=axis, epsilon=epsilon, name=f"{conv.name}_bn")
-        z = bn(y)
         channels = int(y.shape[axis])
         ones = np.ones(channels, "float32")
         zeros = np.zeros(channels, "float32")
         variance = np.full(channels, np.float32(1.0) - np.float32(epsilon), "float32")
-        bn.set_weights([ones, zeros, zeros, variance])
+        z = call_with_weights(bn, y, [ones, zeros, zeros, variance])
         if move:
             z = keras.layers.Activation(activation, name=f"{conv.name}_act")(z)
         return z

@@ -21,12 +21,17 @@ channel ``c = i * depth_multiplier + m``), and on the pointwise kernel of Separa
 refused (and `why_not_folded` says so) when the layer has a non-linear activation, when the BN normalizes
 another axis than the layer's channel axis (``channels_first`` convolutions fold with ``axis=1``), when the
 layer's output is also used elsewhere (the unnormalized tensor would be lost), when the layer is shared
-(folding would change its other calls), when the BN is called with ``training=True``, or when the layer
-computes in float16/bfloat16 (mixed precision rounds the folded result differently).
+(folding would change its other calls), when the BN is called with ``training=True``, when the layer
+computes in float16/bfloat16 (mixed precision rounds the folded result differently), or when it is
+quantized. A LoRA-enabled layer folds with its merged kernel (the folded layer has no adapter).
+
+Every refusal is the ``check=`` of the rule (``rule.veto(match)`` returns the sentence; `rewriter.rewrite`
+lists it in ``result.vetoed`` and the report), never an error inside the replacement.
 
 **remove-<NoOp>**: Dropout, SpatialDropout1D/2D/3D, GaussianNoise, GaussianDropout, AlphaDropout,
-ActivityRegularization and Identity return their input unchanged at inference; the input goes straight to
-their consumers. A call with an explicit ``training=True`` (Monte-Carlo dropout) is left alone.
+ActivityRegularization, Identity and ``Activation("linear")`` return their input unchanged at inference;
+the input goes straight to their consumers. A call with an explicit ``training=True`` (Monte-Carlo
+dropout) is left alone, and so is a layer whose output dtype differs from its input's (mixed precision).
 
 **fold-activation**: ``act(L(x))`` where ``L`` has ``activation="linear"`` equals ``L'(x)`` with
 ``activation=act``; standalone Activation, ReLU (plain or ``max_value=6``), LeakyReLU (slope 0.2), ELU
@@ -50,6 +55,7 @@ from typing import Any
 import keras
 
 from patterns import _algebra
+from patterns._graph_tools import call_with_weights, escapes, is_shared
 from rewriter.graph import Graph, Node, Port
 from rewriter.pattern import Pattern, op
 from rewriter.rules import Rule, RuleSet, bypass
@@ -78,20 +84,6 @@ NOOP_TYPES: tuple[str, ...] = (
 # ----------------------------------------------------------------------------- shared checks
 
 
-def _shared(graph: Graph, node: Node) -> bool:
-    layer = node.layer
-    if layer is None:
-        return False
-    return sum(1 for n in graph.nx.nodes.values() if n["node"].layer is layer) > 1
-
-
-def _escapes(graph: Graph, producer: str, consumer: str) -> bool:
-    """Whether ``producer``'s output is used by anything but ``consumer`` (or is a graph output)."""
-    if any(use.consumer != consumer for use in graph.consumers(producer)):
-        return True
-    return any(port.node == producer for port in graph.outputs)
-
-
 def _training_forced(node: Node) -> bool:
     return node.call_kwargs.get("training") is True
 
@@ -114,16 +106,22 @@ def _fold_problem(graph: Graph, layer_node: Node, bn_node: Node) -> str | None:
             f"{layer_node.name!r} computes in {compute_dtype} (mixed precision): its rounding would differ "
             "from the BatchNormalization's float32 arithmetic by more than float32 rounding"
         )
+    quantized = getattr(layer_node.layer, "quantization_mode", None)
+    if quantized:
+        return (
+            f"{layer_node.name!r} is quantized ({quantized}): its stored kernel is not the float kernel the "
+            "fold would scale; fold before quantizing"
+        )
     if _training_forced(bn_node):
         return f"{bn_node.name!r} is called with training=True, so it uses batch statistics"
-    if _escapes(graph, layer_node.name, bn_node.name):
+    if escapes(graph, layer_node.name, bn_node.name):
         return (
             f"the output of {layer_node.name!r} is also used outside the BatchNormalization "
             f"(by {[u.consumer for u in graph.consumers(layer_node.name) if u.consumer != bn_node.name]}"
             f"{' and as a model output' if graph.is_output(Port(layer_node.name, 0)) else ''}); "
             "folding would lose the unnormalized tensor"
         )
-    if _shared(graph, layer_node):
+    if is_shared(graph, layer_node):
         return f"layer {layer_node.layer_name!r} is shared by several calls; folding would change all of them"
     if layer_node.layer is None or bn_node.layer is None:
         return "a layer object is missing"
@@ -178,11 +176,8 @@ def _check_fold(match: Any) -> str | None:
 
 def _fold(match: Any, x: Any) -> Any:
     layer = match["layer"]
-    bn = match["bn"]
     folded = type(layer).from_config(_algebra.folded_config(layer.get_config()))
-    y = folded(x)
-    folded.set_weights(_algebra.fold_batchnorm(layer, bn))
-    return y
+    return call_with_weights(folded, x, _algebra.fold_batchnorm(layer, match["bn"]))
 
 
 def _fold_rule(layer_type: str) -> Rule:
@@ -221,6 +216,18 @@ def _noop_rule(op_type: str) -> Rule:
     )
 
 
+def _is_linear_activation(node: Node) -> bool:
+    return (node.config or {}).get("activation") in (None, "linear")
+
+
+REMOVE_LINEAR_ACTIVATION = Rule(
+    "remove-linear-Activation",
+    Pattern(op("Activation").named("noop").where(_is_linear_activation, "activation is linear")),
+    bypass(),
+    check=_check_noop,
+    function_preserving=True,
+)
+
 # ----------------------------------------------------------------------------- activations
 
 _ACTIVATION_HOSTS = (*_algebra.BN_FOLDABLE_TYPES, "EinsumDense")
@@ -239,9 +246,9 @@ def _check_activation(match: Any) -> str | None:
     act_dtype = str(getattr(act.layer, "compute_dtype", act.output_specs[0].dtype))
     if host_dtype != act_dtype or host.output_specs[0].dtype != act.output_specs[0].dtype:
         return f"{host.name!r} computes in {host_dtype} and {act.name!r} in {act_dtype}"
-    if _escapes(graph, host.name, act.name):
+    if escapes(graph, host.name, act.name):
         return f"the output of {host.name!r} is also used elsewhere"
-    if _shared(graph, host):
+    if is_shared(graph, host):
         return f"layer {host.layer_name!r} is shared"
     return None
 
@@ -251,10 +258,7 @@ def _fold_activation(match: Any, x: Any) -> Any:
     act = match.node("act")
     config = dict(host.get_config())
     config["activation"] = _algebra.activation_of_layer(act.op_type, act.config or {})
-    fused = type(host).from_config(config)
-    y = fused(x)
-    fused.set_weights(host.get_weights())
-    return y
+    return call_with_weights(type(host).from_config(config), x, host.get_weights())
 
 
 FOLD_ACTIVATION = Rule(
@@ -272,7 +276,7 @@ FOLD_ACTIVATION = Rule(
 
 def _check_merge(match: Any) -> str | None:
     first, second = match.node("first"), match.node("second")
-    if _escapes(match.graph, first.name, second.name):
+    if escapes(match.graph, first.name, second.name):
         return f"the output of {first.name!r} is also used elsewhere"
     if first.input_specs[0].dtype != second.output_specs[0].dtype:
         return f"the pair changes the dtype {first.input_specs[0].dtype} -> {second.output_specs[0].dtype}"
@@ -325,6 +329,7 @@ REMOVE_IDENTITY_RESHAPE = Rule(
 RULES: RuleSet = RuleSet(
     [
         *(_noop_rule(t) for t in NOOP_TYPES),
+        REMOVE_LINEAR_ACTIVATION,
         *BATCHNORM_RULES,
         FOLD_ACTIVATION,
         REMOVE_IDENTITY_RESHAPE,

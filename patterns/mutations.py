@@ -52,7 +52,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -71,13 +73,15 @@ from patterns._graph_tools import (
     set_output_spec,
     with_last_dim,
 )
+from patterns.inference import NOOP_TYPES
 from rewriter.emit import emit
-from rewriter.errors import RewriteError
+from rewriter.errors import GraphError, RewriteError
 from rewriter.graph import Graph, Node, Port, TensorSpec
 from rewriter.lift import lift
 
 __all__ = [
     "FUNCTION_PRESERVING",
+    "architecture_fingerprint",
     "OPERATORS",
     "MutationError",
     "MutationRecord",
@@ -101,15 +105,24 @@ class MutationRecord:
         operator: Operator name (a key of `OPERATORS`).
         target: Name of the graph node the operator was applied at.
         parameters: Plain values (numbers, strings, booleans) fixing every choice, new layer names included.
+        fingerprint: `architecture_fingerprint` of the graph the step was applied to (None for a record
+            written by hand). `replay` refuses a step whose graph has another fingerprint: the history
+            belongs to another model (weights do not count, so a retrained parent replays fine).
     """
 
     operator: str
     target: str
     parameters: dict[str, Any]
+    fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (``MutationRecord(**d)`` rebuilds the record)."""
-        return {"operator": self.operator, "target": self.target, "parameters": dict(self.parameters)}
+        return {
+            "operator": self.operator,
+            "target": self.target,
+            "parameters": dict(self.parameters),
+            "fingerprint": self.fingerprint,
+        }
 
 
 @dataclasses.dataclass
@@ -129,19 +142,7 @@ class MutationResult:
 
 # --------------------------------------------------------------------------- shared facts
 
-_NOOP_TYPES = frozenset(
-    {
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Identity",
-    }
-)
+_NOOP_TYPES = frozenset(NOOP_TYPES)
 _NON_ELEMENTWISE_ACTIVATIONS = frozenset({"softmax", "log_softmax"})
 _ACTIVATION_CHOICES = ("relu", "gelu", "swish", "tanh", "elu", "sigmoid", "selu", "softplus", "linear")
 _CONVS = ("Conv1D", "Conv2D", "Conv3D")
@@ -213,6 +214,26 @@ def _non_negative(node: Node) -> bool:
     return _activation(node) in ("relu", "relu6")
 
 
+def _kernel_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise MutationError(f"Expected a positive integer kernel size. Received: kernel_size={value!r}.")
+    return int(value)
+
+
+def _known_activation(value: Any) -> str:
+    """``value`` if it names a Keras activation, else `MutationError`."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        keras.activations.get(value)
+    except (ValueError, TypeError) as error:
+        raise MutationError(
+            f"Unknown activation {value!r}; use a name keras.activations.get() knows, e.g. "
+            f"{', '.join(_ACTIVATION_CHOICES)}."
+        ) from error
+    return value
+
+
 def _glorot(rng: np.random.Generator, shape: Sequence[int], fan_in: int, fan_out: int) -> np.ndarray:
     limit = math.sqrt(6.0 / max(1, fan_in + fan_out))
     return rng.uniform(-limit, limit, size=tuple(shape)).astype("float32")
@@ -277,13 +298,25 @@ class _InsertLayer(_Operator):
         channels = int(spec.shape[-1])
         weights: list[np.ndarray] | None = None
         if kind == "Dense":
-            layer = keras.layers.Dense(channels, activation=parameters["activation"], name=name)
+            layer = keras.layers.Dense(
+                channels, activation=_known_activation(parameters["activation"]), name=name
+            )
             rng = np.random.default_rng(parameters["seed"])
             weights = [_glorot(rng, (channels, channels), channels, channels), np.zeros(channels, "float32")]
         elif kind in _CONVS:
-            size = int(parameters["kernel_size"])
+            if _algebra.conv_rank(kind) + 2 != spec.rank:
+                raise MutationError(
+                    f"insert_layer: a {kind} cannot follow {target!r}, whose output is {spec}."
+                )
+            size = _kernel_size(parameters["kernel_size"])
             cls = getattr(keras.layers, kind)
-            layer = cls(channels, size, padding="same", activation=parameters["activation"], name=name)
+            layer = cls(
+                channels,
+                size,
+                padding="same",
+                activation=_known_activation(parameters["activation"]),
+                name=name,
+            )
             rank = _algebra.conv_rank(kind)
             rng = np.random.default_rng(parameters["seed"])
             fan = channels * size**rank
@@ -294,7 +327,7 @@ class _InsertLayer(_Operator):
             ones, zeros = np.ones(channels, "float32"), np.zeros(channels, "float32")
             weights = [ones, zeros, zeros, ones]
         elif kind == "Activation":
-            layer = keras.layers.Activation(parameters["activation"], name=name)
+            layer = keras.layers.Activation(_known_activation(parameters["activation"]), name=name)
         elif kind == "Dropout":
             layer = keras.layers.Dropout(float(parameters["rate"]), name=name)
         elif kind == "Identity":
@@ -495,14 +528,22 @@ class _Deepen(_Operator):
         channels = int(spec.shape[-1])
         name = parameters["name"]
         if kind == "Dense":
-            layer = keras.layers.Dense(channels, activation=parameters["activation"], name=name)
+            layer = keras.layers.Dense(
+                channels, activation=_known_activation(parameters["activation"]), name=name
+            )
             weights = _algebra.identity_weights("Dense", channels)
-        else:
-            size = int(parameters["kernel_size"])
+        elif kind in _CONVS and _algebra.conv_rank(kind) + 2 == spec.rank:
+            size = _kernel_size(parameters["kernel_size"])
             layer = getattr(keras.layers, kind)(
-                channels, size, padding="same", activation=parameters["activation"], name=name
+                channels,
+                size,
+                padding="same",
+                activation=_known_activation(parameters["activation"]),
+                name=name,
             )
             weights = _algebra.identity_weights(kind, channels, size)
+        else:
+            raise MutationError(f"deepen: a {kind} cannot follow {target!r}, whose output is {spec}.")
         insert_after(graph, Port(target, 0), layer, spec, weights=weights)
 
 
@@ -606,7 +647,7 @@ class _ChangeKernelSize(_Operator):
             raise MutationError(f"change_kernel_size: {target!r} is not a 'same'-padded convolution.")
         rank = _algebra.conv_rank(node.op_type)
         old = int(config["kernel_size"][0])
-        new = int(parameters["kernel_size"])
+        new = _kernel_size(parameters["kernel_size"])
         weights = current_weights(node)
         kernel = weights[0]
         new_shape = (*(new,) * rank, *kernel.shape[rank:])
@@ -654,7 +695,7 @@ class _ChangeActivation(_Operator):
         node = graph.node(target)
         if "activation" not in (node.config or {}):
             raise MutationError(f"change_activation: {target!r} has no activation to change.")
-        node.config = {**(node.config or {}), "activation": parameters["activation"]}
+        node.config = {**(node.config or {}), "activation": _known_activation(parameters["activation"])}
 
 
 #: Operator name -> operator, in the fixed order `mutate` considers them.
@@ -684,21 +725,48 @@ def _graph_of(model_or_graph: keras.Model | Graph) -> Graph:
     return lift(model_or_graph)
 
 
-def _select(kinds: Iterable[str] | None, function_preserving: bool) -> list[_Operator]:
-    names = list(OPERATORS) if kinds is None else list(kinds)
+def _select(kinds: str | Iterable[str] | None, function_preserving: bool) -> list[_Operator]:
+    names = list(OPERATORS) if kinds is None else [kinds] if isinstance(kinds, str) else list(kinds)
     unknown = [k for k in names if k not in OPERATORS]
     if unknown:
         raise MutationError(f"Unknown mutation operator(s) {unknown}; known: {', '.join(OPERATORS)}.")
     if function_preserving:
-        names = [k for k in names if k in FUNCTION_PRESERVING]
+        kept = [k for k in names if k in FUNCTION_PRESERVING]
+        if not kept:
+            raise MutationError(
+                f"None of kinds={names} has a function-preserving variant; with function_preserving=True "
+                f"choose among {', '.join(FUNCTION_PRESERVING)}."
+            )
+        names = kept
     return [OPERATORS[k] for k in OPERATORS if k in names]
+
+
+def architecture_fingerprint(model_or_graph: keras.Model | Graph) -> str:
+    """A short hash of the architecture: node names, layer classes, output specs and connections.
+
+    Weights and configs do not count, so a retrained model has its parent's fingerprint. `mutate` stores
+    the fingerprint of the graph each step was applied to, and `replay` checks it.
+
+    Example:
+        >>> architecture_fingerprint(model) == architecture_fingerprint(keras.models.clone_model(model))
+        ... # doctest: +SKIP
+        True
+    """
+    graph = model_or_graph if isinstance(model_or_graph, Graph) else lift(model_or_graph)
+    digest = hashlib.sha256()
+    for node in graph.topological():
+        producers = [(p.node, p.index) for p in graph.producers(node.name)]
+        specs = [(tuple(spec.shape), spec.dtype) for spec in node.output_specs]
+        digest.update(repr((node.name, node.op_type, specs, producers)).encode())
+    digest.update(repr([(p.node, p.index) for p in graph.outputs]).encode())
+    return digest.hexdigest()[:16]
 
 
 def applicable(
     model_or_graph: keras.Model | Graph,
     *,
     function_preserving: bool = False,
-    kinds: Iterable[str] | None = None,
+    kinds: str | Iterable[str] | None = None,
 ) -> dict[str, list[str]]:
     """Where each operator can apply: operator name -> target node names (operators with none omitted).
 
@@ -719,14 +787,58 @@ def apply_mutation(graph: Graph, record: MutationRecord) -> None:
     """Apply one recorded mutation to ``graph`` in place.
 
     Raises:
-        MutationError: Unknown operator, unknown target or a record that does not fit the graph.
+        MutationError: Unknown operator, unknown target, missing or invalid parameters, a record made for
+            another graph (its fingerprint differs), or a record that does not fit the graph.
+
+    Example:
+        >>> apply_mutation(graph, MutationRecord("widen", "dense", {"new_units": 8, "seed": 0}))
+        ... # doctest: +SKIP
     """
+    if not isinstance(record, MutationRecord):
+        raise MutationError(
+            f"Expected a MutationRecord. Received: {record!r} of type {type(record).__name__}."
+        )
     op = OPERATORS.get(record.operator)
     if op is None:
         raise MutationError(f"Unknown mutation operator {record.operator!r}; known: {', '.join(OPERATORS)}.")
-    if record.target not in graph:
+    if not isinstance(record.target, str) or record.target not in graph:
         raise MutationError(f"{record.operator}: no node named {record.target!r} in graph {graph.name!r}.")
-    op.apply(graph, record.target, dict(record.parameters))
+    if record.fingerprint is not None and record.fingerprint != architecture_fingerprint(graph):
+        raise MutationError(
+            f"{record.operator} at {record.target!r}: the record was made on another architecture "
+            f"(fingerprint {record.fingerprint}, this graph {architecture_fingerprint(graph)}); replay a "
+            "history on the model it was recorded on."
+        )
+    if not isinstance(record.parameters, dict):
+        raise MutationError(f"{record.operator}: parameters must be a dict. Received: {record.parameters!r}.")
+    try:
+        op.apply(graph, record.target, dict(record.parameters))
+    except KeyError as error:
+        raise MutationError(
+            f"{record.operator} at {record.target!r}: parameter {error} is missing from {record.parameters}."
+        ) from error
+    except GraphError as error:
+        raise MutationError(f"{record.operator} at {record.target!r}: {error}") from error
+    except (TypeError, ValueError) as error:
+        raise MutationError(
+            f"{record.operator} at {record.target!r}: invalid parameters {record.parameters}: {error}"
+        ) from error
+
+
+def _record(item: Any, step: int) -> MutationRecord:
+    if isinstance(item, MutationRecord):
+        return item
+    if isinstance(item, dict):
+        try:
+            return MutationRecord(**item)
+        except TypeError as error:
+            raise MutationError(
+                f"Replaying step {step}: {item!r} is not a record (keys operator, target, parameters and "
+                f"optionally fingerprint): {error}"
+            ) from error
+    raise MutationError(
+        f"Replaying step {step}: expected a MutationRecord or its to_dict() form. Received: {item!r}."
+    )
 
 
 def mutate(
@@ -735,7 +847,7 @@ def mutate(
     seed: int,
     steps: int = 1,
     function_preserving: bool = False,
-    kinds: Iterable[str] | None = None,
+    kinds: str | Iterable[str] | None = None,
 ) -> MutationResult:
     """Apply ``steps`` random mutations to ``model`` and return the new model and a replayable history.
 
@@ -748,22 +860,31 @@ def mutate(
         steps: Number of mutations applied one after the other.
         function_preserving: Use only function-preserving operators (and variants): the result computes
             the same function (up to float rounding) with a changed architecture.
-        kinds: Restrict to these operator names (keys of `OPERATORS`).
+        kinds: Restrict to these operator names (keys of `OPERATORS`; one name may be given as a str).
 
     Returns:
         A `MutationResult` with ``.model``, ``.history`` and ``.graph``.
 
     Raises:
-        MutationError: No selected operator applies anywhere in the model.
+        MutationError: An unknown kind; no function-preserving kind selected; a seed or steps that is not a
+            non-negative integer; no selected operator applies anywhere in the model.
+        LiftError: ``model`` is not a functional keras.Model.
 
     Example:
         >>> result = mutate(model, seed=0, steps=3)  # doctest: +SKIP
         >>> [r.operator for r in result.history]  # doctest: +SKIP
         ['deepen', 'add_skip', 'change_activation']
     """
-    graph = _graph_of(model)
-    rng = np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise MutationError(
+            "Expected a non-negative integer seed (the same seed gives the same model). "
+            f"Received: seed={seed!r}."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise MutationError(f"Expected a non-negative integer number of steps. Received: steps={steps!r}.")
     operators = _select(kinds, function_preserving)
+    graph = _graph_of(model)
+    rng = np.random.default_rng(int(seed))
     history: list[MutationRecord] = []
     for step in range(steps):
         ctx = _Context(graph)
@@ -781,7 +902,7 @@ def mutate(
         op, targets = options[int(rng.integers(len(options)))]
         target = targets[int(rng.integers(len(targets)))]
         parameters = op.propose(ctx, target, rng, function_preserving)
-        record = MutationRecord(op.name, target, parameters)
+        record = MutationRecord(op.name, target, parameters, architecture_fingerprint(graph))
         op.apply(graph, target, dict(parameters))
         history.append(record)
     graph.verify()
@@ -798,12 +919,22 @@ def replay(model: keras.Model | Graph, history: Sequence[MutationRecord | dict[s
     Returns:
         The mutated keras.Model.
 
+    Raises:
+        MutationError: A malformed history, or a step that does not fit (unknown operator or target,
+            missing or invalid parameters, a history recorded on another architecture); the message names
+            the step.
+
     Example:
         >>> again = replay(model, result.history)  # doctest: +SKIP
     """
+    if isinstance(history, (str, bytes, dict)) or not isinstance(history, Iterable):
+        raise MutationError(
+            "Expected a history: a list of MutationRecords (or their to_dict() forms). "
+            f"Received: {history!r}."
+        )
     graph = _graph_of(model)
     for step, item in enumerate(history):
-        record = item if isinstance(item, MutationRecord) else MutationRecord(**item)
+        record = _record(item, step)
         try:
             apply_mutation(graph, record)
         except MutationError as error:
