@@ -1121,15 +1121,7 @@ def rewrite(
     rule_set = as_rule_set(rules)
     if max_passes < 1:
         raise RewriteError(f"Expected max_passes >= 1. Received: max_passes={max_passes}.")
-    if isinstance(model_or_graph, Graph):
-        source_graph, source_model = model_or_graph, None
-    elif isinstance(model_or_graph, keras.Model):
-        source_graph, source_model = lift(model_or_graph), model_or_graph
-    else:
-        raise RewriteError(
-            f"Expected a keras.Model or a rewriter.Graph. Received: {model_or_graph!r} "
-            f"of type {type(model_or_graph).__name__}."
-        )
+    source_graph, source_model = _source_of(model_or_graph)
     session = _Session(source_graph.copy())
     session.atol, session.rtol = atol, rtol
     session.inputs = inputs
@@ -1138,6 +1130,18 @@ def rewrite(
     session.check_locally = inputs is None or not all(rule.function_preserving for rule in rule_set)
     passes = _run_passes(session, rule_set, max_passes, fixed_point)
     return _finish(session, source_graph, source_model, rule_set, passes, inputs, atol, rtol, name)
+
+
+def _source_of(model_or_graph: Any) -> tuple[Graph, keras.Model | None]:
+    """The graph to rewrite (a model is lifted; neither is changed later) and the model, if one was given."""
+    if isinstance(model_or_graph, Graph):
+        return model_or_graph, None
+    if isinstance(model_or_graph, keras.Model):
+        return lift(model_or_graph), model_or_graph
+    raise RewriteError(
+        f"Expected a keras.Model or a rewriter.Graph. Received: {model_or_graph!r} "
+        f"of type {type(model_or_graph).__name__}."
+    )
 
 
 def _finish(
@@ -1196,15 +1200,7 @@ def apply_at(
     Example:
         >>> apply_at(model, lambda g: [SiteMatch(g, ["d30"])], bypass(), label="remove")  # doctest: +SKIP
     """
-    if isinstance(model_or_graph, Graph):
-        source_graph, source_model = model_or_graph, None
-    elif isinstance(model_or_graph, keras.Model):
-        source_graph, source_model = lift(model_or_graph), model_or_graph
-    else:
-        raise RewriteError(
-            f"Expected a keras.Model or a rewriter.Graph. Received: {model_or_graph!r} "
-            f"of type {type(model_or_graph).__name__}."
-        )
+    source_graph, source_model = _source_of(model_or_graph)
     session = _Session(source_graph.copy())
     rule = _SiteRule(label, replacement)
     for site in sites(session.graph):  # a generator: each site is made on the current graph

@@ -2,8 +2,9 @@
 
 Each takes a model (or a `Graph`) and names the place by layer name, layer object or node name. A shared
 layer means every call of it, unless one call is named by its node name (``"dense@1"``). A layer instance
-to insert at several places is used at the first and cloned (weights copied) at the others; pass a
-factory (``lambda: layers.Dense(8)``) to build one per place yourself.
+is one layer, as in Keras: put at the calls of a shared layer, it is shared too (a siamese encoder stays
+siamese); pass a factory (``lambda: layers.Dense(8)``) for one new layer per call. The inputs of one
+multi-input node get one layer each (clones of an instance, weights copied if it was built).
 
 Weights: every layer upstream keeps its weights, and so does every layer downstream whose input shape did
 not change (or changed in a way its weights still fit, e.g. a convolution on another spatial size). A
@@ -35,8 +36,7 @@ import networkx as nx
 
 from rewriter.errors import RewriteError, ShapeMismatchError
 from rewriter.graph import Graph, Port
-from rewriter.lift import lift
-from rewriter.rewrite import SiteMatch, _brief, apply_at
+from rewriter.rewrite import SiteMatch, _brief, _source_of, apply_at
 from rewriter.rules import (
     LayerSource,
     _LayerPlacer,
@@ -94,13 +94,7 @@ def _nodes_at(graph: Graph, where: Where, what: str, *, input_ok: bool = False) 
 
 
 def _source(model: keras.Model | Graph) -> Graph:
-    if isinstance(model, Graph):
-        return model
-    if not isinstance(model, keras.Model):
-        raise RewriteError(
-            f"Expected a keras.Model or a rewriter.Graph. Received: {model!r} of type {type(model).__name__}."
-        )
-    return lift(model)
+    return _source_of(model)[0]
 
 
 def _one_layer_for_all_calls(layer: LayerSource) -> _LayerPlacer:

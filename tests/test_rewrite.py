@@ -54,6 +54,12 @@ def _merge_dense(match: rewriter.Match, x: keras.KerasTensor) -> keras.KerasTens
     return y
 
 
+def _zero_residual(pattern: str) -> Rule:
+    """``f(x) + 0 * x`` around each match of ``pattern``: function-preserving."""
+    branch = rewriter.residual(branch=lambda: layers.Rescaling(0.0))
+    return Rule("zero-residual", pattern, branch, function_preserving=True)
+
+
 MERGE_DENSE = Rule(
     "merge-dense",
     "a:Dense(activation='linear') -> b:Dense(activation='linear')",
@@ -134,13 +140,7 @@ def test_follow_with_and_precede_with() -> None:
 
 def test_residual_with_zero_branch_is_function_preserving() -> None:
     model = _conv_bn_relu()
-    rule = Rule(
-        "zero-residual",
-        "r:ReLU",
-        rewriter.residual(branch=lambda: layers.Rescaling(0.0)),
-        function_preserving=True,
-    )
-    result = rewriter.rewrite(model, [rule], fixed_point=False)
+    result = rewriter.rewrite(model, [_zero_residual("r:ReLU")], fixed_point=False)
     graph = result.graph
     (add,) = graph.nodes_of_type("Add")
     assert graph.producer_nodes(add.name)[0] == "relu"
@@ -565,13 +565,7 @@ def test_numeric_check_leaves_statistics_alone() -> None:
     bn = model.get_layer("bn")
     bn.set_weights([np.ones(4), np.zeros(4), np.full(4, 3.0), np.full(4, 2.0)])
     before = snapshot(model)
-    rule = Rule(
-        "zero-residual",
-        "BatchNormalization",
-        rewriter.residual(branch=lambda: layers.Rescaling(0.0)),
-        function_preserving=True,
-    )
-    result = rewriter.rewrite(model, [rule], fixed_point=False)
+    result = rewriter.rewrite(model, [_zero_residual("BatchNormalization")], fixed_point=False)
     assert_unchanged(model, before)  # the moving statistics were not updated by the checks
     assert same_weights(result.model.get_layer("bn"), bn)
 
