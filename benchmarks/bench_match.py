@@ -69,35 +69,40 @@ def main() -> None:
     small = nx.DiGraph([(0, 1), (1, 2)])
     for k, t in enumerate(["ReLU", "Activation", "LeakyReLU"]):
         small.nodes[k]["op_type"] = t
-    rows = []
+
+    def find(fresh: rewriter.Graph) -> list[rewriter.Match]:
+        return rewriter.find(fresh, pattern)
+
+    def vf2(big: nx.DiGraph) -> list[dict]:
+        matcher = isomorphism.DiGraphMatcher(big, small, node_match=lambda a, b: a["op_type"] == b["op_type"])
+        return list(matcher.subgraph_monomorphisms_iter())
+
+    graphs = []
     for blocks in sizes:
-        graph = rewriter.lift(residual_model(blocks))
-        ops = len(graph)
-        repeats = 7
+        start = time.perf_counter()
+        graphs.append(rewriter.lift(residual_model(blocks)))
+        print(f"built and lifted {len(graphs[-1])} ops in {time.perf_counter() - start:.0f} s", flush=True)
 
-        def find(fresh: rewriter.Graph) -> list[rewriter.Match]:
-            return rewriter.find(fresh, pattern)
-
-        def vf2(big: nx.DiGraph) -> list[dict]:
-            matcher = isomorphism.DiGraphMatcher(
-                big, small, node_match=lambda a, b: a["op_type"] == b["op_type"]
-            )
-            return list(matcher.subgraph_monomorphisms_iter())
-
-        # Interleaved runs, best of each (robust to other load on the machine). find gets a fresh copy
-        # of the graph each run (no cached topological order); VF2 gets its DiGraph ready-made.
-        find_time = vf2_time = float("inf")
-        for _ in range(repeats):
+    # Rounds over every size, best time of each (robust to other load on the machine: a busy spell
+    # slows one round of every size, not one size). find gets a fresh copy of the graph each run (no
+    # cached topological order); VF2 gets its DiGraph ready-made.
+    repeats = 7
+    best = {len(g): [float("inf"), float("inf"), 0, 0] for g in graphs}
+    for _ in range(repeats):
+        for graph in graphs:
+            row = best[len(graph)]
             elapsed, matches = timed(find, graph.copy())
-            find_time = min(find_time, elapsed)
+            row[0] = min(row[0], elapsed)
             elapsed, mono = timed(vf2, nx.DiGraph(graph.nx))
-            vf2_time = min(vf2_time, elapsed)
-        assert len(matches) == len(mono), (len(matches), len(mono))
-        rows.append((ops, len(matches), find_time, vf2_time))
+            row[1] = min(row[1], elapsed)
+            row[2], row[3] = len(matches), len(mono)
+    rows = []
+    for ops, (find_time, vf2_time, found, monomorphisms) in best.items():
+        assert found == monomorphisms, (found, monomorphisms)
+        rows.append((ops, found, find_time, vf2_time))
         print(
-            f"{ops:6d} ops  {len(matches):5d} matches  find {find_time * 1e3:8.1f} ms  "
-            f"VF2 {vf2_time * 1e3:9.1f} ms  find/VF2 = {find_time / vf2_time:.3f}",
-            flush=True,
+            f"{ops:6d} ops  {found:5d} matches  find {find_time * 1e3:8.1f} ms  "
+            f"VF2 {vf2_time * 1e3:9.1f} ms  find/VF2 = {find_time / vf2_time:.3f}"
         )
     for (n1, _, t1, _), (n2, _, t2, _) in itertools.pairwise(rows):
         print(f"scaling {n1} -> {n2} ops ({n2 / n1:.1f}x): find time x{t2 / t1:.2f}")
