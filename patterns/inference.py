@@ -56,6 +56,7 @@ import keras
 
 from patterns import _algebra
 from patterns._graph_tools import call_with_weights, escapes, is_shared
+from rewriter.errors import RewriteError
 from rewriter.graph import Graph, Node, Port
 from rewriter.pattern import Pattern, op
 from rewriter.rules import Rule, RuleSet, bypass
@@ -64,6 +65,7 @@ __all__ = [
     "BATCHNORM_RULES",
     "NOOP_TYPES",
     "RULES",
+    "fold_rule",
     "foldable_batchnorms",
     "why_not_folded",
 ]
@@ -193,6 +195,28 @@ def _fold_rule(layer_type: str) -> Rule:
 
 #: One BatchNorm-folding rule per foldable layer class.
 BATCHNORM_RULES: RuleSet = RuleSet(_fold_rule(t) for t in _algebra.BN_FOLDABLE_TYPES)
+
+
+def fold_rule(layer_type: str) -> Rule:
+    """The rule of `RULES` folding a BatchNormalization into a preceding ``layer_type`` layer.
+
+    Its ``check`` gives the reason a match is refused: ``fold_rule("Conv2D").veto(match)``.
+
+    Raises:
+        RewriteError: ``layer_type`` is not a class BatchNormalization folds into.
+
+    Example:
+        >>> fold_rule("DepthwiseConv2D").name
+        'fold-batchnorm-into-DepthwiseConv2D'
+    """
+    for rule in BATCHNORM_RULES:
+        if rule.name == f"fold-batchnorm-into-{layer_type}":
+            return rule
+    raise RewriteError(
+        f"No BatchNorm-folding rule for {layer_type!r}; there is one for each of "
+        f"{', '.join(_algebra.BN_FOLDABLE_TYPES)}."
+    )
+
 
 # ----------------------------------------------------------------------------- no-ops
 

@@ -36,7 +36,9 @@ Validity. An operator lists the targets where it applies (shapes, dtypes, shared
 and graph outputs are checked there), so a mutation of a valid model always emits a valid, runnable
 model; `mutate` never picks an operator where it cannot apply. Every random choice is drawn from one
 ``numpy`` generator seeded by ``seed`` and written into the history as plain parameters, so the same seed
-gives the same model and `replay` rebuilds it without any randomness.
+gives the same model and `replay` rebuilds it without any randomness. Each record also carries the
+`architecture_fingerprint` of the graph it was applied to, so replaying a history on another architecture
+raises `MutationError` instead of building something else; a malformed record does too.
 
 Example:
     >>> import keras

@@ -10,19 +10,11 @@ from keras import layers
 import rewriter
 from patterns import architecture
 from tests.helpers import flat_outputs, random_inputs
+from tests.patterns_models import layer_types, relative_error
 from tests.strategies import randomize_weights
 
-
-def _types(model: keras.Model) -> list[str]:
-    return [type(layer).__name__ for layer in model.layers]
-
-
-def _max_relative(first: keras.Model, second: keras.Model, inputs: object) -> float:
-    worst = 0.0
-    for want, got in zip(flat_outputs(first, inputs), flat_outputs(second, inputs), strict=True):
-        assert want.shape == got.shape
-        worst = max(worst, float(np.max(np.abs(want - got)) / max(np.max(np.abs(want)), 1e-6)))
-    return worst
+_types = layer_types
+_max_relative = relative_error
 
 
 def _cnn(seed: int = 0, size: int = 8) -> keras.Model:

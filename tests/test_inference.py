@@ -10,23 +10,15 @@ from keras import layers
 
 import rewriter
 from patterns import _algebra, inference
-from tests.helpers import flat_outputs, random_inputs
+from patterns._graph_tools import call_with_weights
+from tests.helpers import random_inputs
+from tests.patterns_models import layer_types, randomize_batchnorm, relative_error
 from tests.strategies import randomize_weights
 
 RTOL = 1e-5
 
-
-def _relative_error(first: keras.Model, second: keras.Model, inputs: object) -> float:
-    worst = 0.0
-    for want, got in zip(flat_outputs(first, inputs), flat_outputs(second, inputs), strict=True):
-        assert want.shape == got.shape
-        scale = max(float(np.max(np.abs(want))), 1e-6)
-        worst = max(worst, float(np.max(np.abs(want.astype("float64") - got))) / scale)
-    return worst
-
-
-def _types(model: keras.Model) -> list[str]:
-    return [type(layer).__name__ for layer in model.layers]
+_relative_error = relative_error
+_types = layer_types
 
 
 def _rewrite(model: keras.Model) -> rewriter.RewriteResult:
@@ -57,17 +49,28 @@ _FOLD_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("bias", "center", "scale"), [(True, True, True), (False, False, True), (True, True, False)]
-)
+_BN_VARIANTS = [
+    (True, True, True, 1e-3),
+    (False, False, True, 0.01),
+    (True, True, False, 0.3),
+    (False, False, False, 1e-5),
+    (True, False, True, 2.0),
+]
+
+
+@pytest.mark.parametrize(("bias", "center", "scale", "epsilon"), _BN_VARIANTS)
 @pytest.mark.parametrize(("label", "make", "shape"), _FOLD_CASES, ids=[c[0] for c in _FOLD_CASES])
-def test_batchnorm_folds_into_every_linear_layer_kind(label, make, shape, bias, center, scale) -> None:
+def test_batchnorm_folds_into_every_linear_layer_kind(
+    label, make, shape, bias, center, scale, epsilon
+) -> None:
     x = keras.Input(shape, name="x")
     layer = make(bias)
     h = layer(x)
-    h = layers.BatchNormalization(center=center, scale=scale, epsilon=0.01, name="bn")(h)
+    h = layers.BatchNormalization(center=center, scale=scale, epsilon=epsilon, name="bn")(h)
     model = keras.Model(x, layers.Activation("tanh", name="out")(h))
-    randomize_weights(model, seed=len(label))
+    randomize_weights(model, seed=len(label))  # moving mean ~ N(0, 0.5), variance in [0.5, 1.5]
+    bn = model.get_layer("bn")
+    assert np.max(np.abs(bn.moving_mean.numpy())) > 0.05 and np.ptp(bn.moving_variance.numpy()) > 0.05
     result = _rewrite(model)
     assert "BatchNormalization" not in _types(result.model)
     rules = [a.rule for a in result.applications]
@@ -149,6 +152,99 @@ def test_unfoldable_batchnorm_is_left_alone_with_a_reason(build, reason) -> None
     assert _relative_error(model, result.model, random_inputs(model, seed=1)) < RTOL
 
 
+def _shared_and_training_model() -> keras.Model:
+    x = keras.Input((5, 5, 2), name="x")
+    conv = layers.Conv2D(2, 1, name="conv")
+    a = layers.BatchNormalization(name="bn")(conv(x))
+    b = conv(a)
+    y = keras.Input((4,), name="y")
+    d = layers.Dense(3, name="d")(y)
+    t = layers.BatchNormalization(name="bn_train")(d, training=True)
+    return keras.Model([x, y], [b, t])
+
+
+def _quantized_model() -> keras.Model:
+    x = keras.Input((6,), name="x")
+    dense = layers.Dense(4, name="d")
+    model = keras.Model(x, layers.BatchNormalization(name="bn")(dense(x)))
+    randomize_weights(model, seed=3)
+    dense.quantize("int8")
+    return model
+
+
+def _graph_output_model() -> keras.Model:
+    x = keras.Input((6,), name="x")
+    d = layers.Dense(3, name="d")(x)
+    return keras.Model(x, [layers.BatchNormalization(name="bn")(d), d])
+
+
+def _mixed_precision_model() -> keras.Model:
+    x = keras.Input((6, 6, 2), name="x")
+    h = layers.Conv2D(3, 3, name="conv", dtype="mixed_float16")(x)
+    return keras.Model(x, layers.BatchNormalization(name="bn", dtype="float32")(h))
+
+
+@pytest.mark.parametrize(
+    ("build", "bn", "reason"),
+    [
+        (_two_use_model, "bn", "also used outside"),
+        (_graph_output_model, "bn", "as a model output"),
+        (_shared_and_training_model, "bn", "shared"),
+        (_shared_and_training_model, "bn_train", "training=True"),
+        (_quantized_model, "bn", "quantized"),
+        (_mixed_precision_model, "bn", "float16"),
+    ],
+    ids=["escaping", "graph-output", "shared", "training", "quantized", "mixed-precision"],
+)
+def test_every_fold_refusal_is_the_rules_check(build, bn, reason) -> None:
+    """The reason comes from the fold rule's check (Rule.veto), never from inside the replacement."""
+    model = build()
+    graph = rewriter.lift(model)
+    vetoes = [
+        (rule.name, rule.veto(match))
+        for rule in inference.BATCHNORM_RULES
+        for match in rewriter.find(graph, rule.pattern)
+        if match.captures["bn"] == bn
+    ]
+    assert len(vetoes) == 1, vetoes
+    rule_name, veto = vetoes[0]
+    assert veto is not None and reason in veto
+    assert veto == inference.why_not_folded(model, bn)
+    result = _rewrite(model)
+    assert (rule_name, bn, veto) in result.vetoed
+    assert bn in [layer.name for layer in result.model.layers]
+    assert reason in result.report()
+
+
+def test_lora_dense_folds_with_its_merged_kernel() -> None:
+    x = keras.Input((6,), name="x")
+    dense = layers.Dense(4, name="d")
+    model = keras.Model(x, layers.BatchNormalization(name="bn")(dense(x)))
+    dense.enable_lora(2)
+    randomize_weights(model, seed=4)  # lora_kernel_b != 0: the adapter changes the output
+    assert len(dense.weights) == 4
+    result = _rewrite(model)
+    folded = result.model.get_layer("d")
+    assert _types(result.model) == ["InputLayer", "Dense"]
+    assert folded.get_config().get("lora_rank") is None and len(folded.weights) == 2
+    assert _relative_error(model, result.model, random_inputs(model, seed=0)) < RTOL
+
+
+def test_new_layers_are_built_from_the_computed_weights_without_random_initialization() -> None:
+    def refuse(shape, dtype=None):
+        raise AssertionError("random initialization should not run")
+
+    x = keras.Input((3,))
+    dense = layers.Dense(2, kernel_initializer=refuse, bias_initializer=refuse)
+    kernel, bias = np.arange(6, dtype="float32").reshape(3, 2), np.array([1.0, -1.0], "float32")
+    y = call_with_weights(dense, x, [kernel, bias])
+    assert tuple(y.shape) == (None, 2)
+    np.testing.assert_array_equal(dense.kernel.numpy(), kernel)
+    np.testing.assert_array_equal(dense.bias.numpy(), bias)
+    with pytest.raises(rewriter.RewriteError, match="2 weights"):
+        call_with_weights(layers.Dense(2), x, [kernel])
+
+
 def test_shared_conv_and_training_true_are_refused() -> None:
     x = keras.Input((5, 5, 2), name="x")
     conv = layers.Conv2D(2, 1, name="conv")
@@ -186,6 +282,16 @@ def test_inference_noops_are_removed(noop) -> None:
     result = _rewrite(model)
     assert _types(result.model) == ["InputLayer", "Dense", "Dense"]
     assert [a.rule for a in result.applications] == [f"remove-{type(noop).__name__}"]
+    assert _relative_error(model, result.model, random_inputs(model, seed=0)) == 0.0
+
+
+def test_linear_activation_layers_are_removed_everywhere() -> None:
+    x = keras.Input((4,), name="x")
+    added = layers.Add(name="add")([x, x])
+    model = keras.Model(x, layers.Dense(2, name="head")(layers.Activation("linear", name="lin")(added)))
+    result = _rewrite(model)
+    assert _types(result.model) == ["InputLayer", "Add", "Dense"]
+    assert [a.rule for a in result.applications] == ["remove-linear-Activation"]
     assert _relative_error(model, result.model, random_inputs(model, seed=0)) == 0.0
 
 
@@ -276,28 +382,20 @@ def test_every_rule_is_function_preserving_and_named_uniquely() -> None:
 # --------------------------------------------------------------------------- keras.applications
 
 
-def _randomize_batchnorm(model: keras.Model, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        path, shape = variable.path, tuple(variable.shape)
-        if "moving_variance" in path or "gamma" in path:
-            variable.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
-        elif "moving_mean" in path or "beta" in path:
-            variable.assign(rng.normal(0.0, 0.1, shape).astype("float32"))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ResNet50", "MobileNetV2"])
+@pytest.mark.parametrize("name", ["ResNet50", "MobileNetV2", "EfficientNetB0"])
 def test_applications_fold_every_batchnorm_and_keep_outputs(name: str) -> None:
     model = getattr(keras.applications, name)(
         weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None
     )
-    _randomize_batchnorm(model, seed=0)
+    randomize_batchnorm(model, seed=0)
     bn_before = _types(model).count("BatchNormalization")
     assert len(inference.foldable_batchnorms(model)) == bn_before > 40
     result = _rewrite(model)
     assert _types(result.model).count("BatchNormalization") == 0
+    assert _types(result.model).count("Dropout") == 0
     assert inference.foldable_batchnorms(result.model) == []
+    assert result.counts().get("fold-activation", 0) > 0
     assert result.model.count_params() < model.count_params()
     assert _relative_error(model, result.model, random_inputs(model, seed=1)) < RTOL
 

@@ -7,6 +7,7 @@ operators apply. ``MUTATION_CHAINS=N python -m pytest tests/test_mutations.py -k
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -19,20 +20,13 @@ from keras import layers
 import rewriter
 from patterns import _algebra, mutations
 from tests.helpers import flat_outputs, random_inputs
+from tests.patterns_models import relative_error
 from tests.strategies import functional_models, randomize_weights
 
 RTOL = 1e-5
 
 
-def _relative_error(first: keras.Model, second: keras.Model, inputs: object) -> float:
-    worst = 0.0
-    for want, got in zip(flat_outputs(first, inputs), flat_outputs(second, inputs), strict=True):
-        assert want.shape == got.shape
-        if want.size == 0:
-            continue
-        scale = max(float(np.max(np.abs(want))), 1e-6)
-        worst = max(worst, float(np.max(np.abs(want.astype("float64") - got))) / scale)
-    return worst
+_relative_error = relative_error
 
 
 def _cnn(seed: int = 0) -> keras.Model:
@@ -210,6 +204,97 @@ def test_same_seed_same_model_and_replay_reproduces() -> None:
     assert [layer.name for layer in replayed.layers] == [layer.name for layer in first.model.layers]
     for a, b in zip(flat_outputs(first.model, x), flat_outputs(replayed, x), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _assert_same_weights(first: keras.Model, second: keras.Model) -> None:
+    assert [layer.name for layer in first.layers] == [layer.name for layer in second.layers]
+    for a, b in zip(first.layers, second.layers, strict=True):
+        assert type(a) is type(b)
+        assert a.get_config() == b.get_config()
+        for u, v in zip(a.get_weights(), b.get_weights(), strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("preserving", [False, True])
+def test_replay_from_json_gives_the_same_architecture_and_weights(preserving: bool) -> None:
+    model = _cnn()
+    result = mutations.mutate(model, seed=9, steps=5, function_preserving=preserving)
+    stored = json.loads(json.dumps([record.to_dict() for record in result.history]))
+    again = mutations.replay(model, stored)
+    _assert_same_weights(result.model, again)
+    assert all(record.fingerprint for record in result.history)
+
+
+def test_replay_on_a_retrained_parent_keeps_its_new_weights() -> None:
+    parent = _cnn(seed=0)
+    result = mutations.mutate(parent, seed=4, steps=3, function_preserving=True)
+    retrained = _cnn(seed=1)  # same architecture, other weights
+    child = mutations.replay(retrained, result.history)
+    assert _relative_error(retrained, child, random_inputs(retrained, seed=0)) < RTOL
+    assert _relative_error(parent, child, random_inputs(parent, seed=0)) > 1e-3
+
+
+def test_history_of_another_model_is_refused() -> None:
+    x = keras.Input((6,), name="x")
+    h = layers.Dense(7, activation="tanh", name="d1")(x)  # same names as _mlp, other widths
+    other = keras.Model(x, layers.Dense(3, name="d3")(layers.Dense(4, name="d2")(h)))
+    history = mutations.mutate(_mlp(), seed=0, steps=2).history
+    with pytest.raises(mutations.MutationError, match="another architecture"):
+        mutations.replay(other, history)
+
+
+_BAD_RECORDS = [
+    ({"operator": "widen", "target": "d1", "parameters": {}}, "parameter 'new_units' is missing"),
+    ({"op": "widen"}, "is not a record"),
+    ({"operator": "teleport", "target": "d1", "parameters": {}}, "Unknown mutation operator"),
+    ({"operator": "widen", "target": "nope", "parameters": {}}, "no node named"),
+    (
+        {"operator": "change_activation", "target": "d1", "parameters": {"activation": "nope"}},
+        "Unknown activation",
+    ),
+    (
+        {
+            "operator": "deepen",
+            "target": "d1",
+            "parameters": {"layer": "Dense", "activation": "relu", "name": "d2"},
+        },
+        "already exists",
+    ),
+    (
+        {
+            "operator": "insert_layer",
+            "target": "d1",
+            "parameters": {"layer": "Conv2D", "name": "q", "kernel_size": 3, "activation": "relu", "seed": 1},
+        },
+        "cannot follow",
+    ),
+    ({"operator": "widen", "target": "d1", "parameters": {"new_units": 2, "seed": 0}}, "must be larger"),
+    ({"operator": "add_skip", "target": "d1", "parameters": {"source": "d3"}}, "cannot feed a skip"),
+]
+
+
+@pytest.mark.parametrize(("record", "message"), _BAD_RECORDS, ids=[m for _, m in _BAD_RECORDS])
+def test_bad_records_raise_mutation_error_naming_the_step(record, message) -> None:
+    model = _mlp()
+    with pytest.raises(mutations.MutationError, match=message) as caught:
+        mutations.replay(model, [record])
+    assert "step 0" in str(caught.value)
+
+
+def test_bad_arguments_raise_mutation_error() -> None:
+    model = _mlp()
+    for kwargs, message in [
+        ({"seed": None}, "integer seed"),
+        ({"seed": 1.5}, "integer seed"),
+        ({"seed": 0, "steps": -1}, "number of steps"),
+        ({"seed": 0, "kinds": ["change_activation"], "function_preserving": True}, "function-preserving"),
+    ]:
+        with pytest.raises(mutations.MutationError, match=message):
+            mutations.mutate(model, **kwargs)
+    with pytest.raises(mutations.MutationError, match="Expected a history"):
+        mutations.replay(model, "widen")
+    assert [r.operator for r in mutations.mutate(model, seed=0, kinds="widen").history] == ["widen"]
+    assert mutations.mutate(model, seed=0, steps=0).history == []
 
 
 def test_input_model_unchanged_and_errors_are_clear() -> None:
