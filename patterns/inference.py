@@ -108,6 +108,11 @@ def _fold_problem(graph: Graph, layer_node: Node, bn_node: Node) -> str | None:
             f"{layer_node.name!r} computes in {compute_dtype} (mixed precision): its rounding would differ "
             "from the BatchNormalization's float32 arithmetic by more than float32 rounding"
         )
+    if bn_node.output_specs and bn_node.output_specs[0].dtype != layer_node.output_specs[0].dtype:
+        return (
+            f"{bn_node.name!r} returns {bn_node.output_specs[0].dtype} but {layer_node.name!r} returns "
+            f"{layer_node.output_specs[0].dtype}: the folded layer would change the tensor's dtype"
+        )
     quantized = getattr(layer_node.layer, "quantization_mode", None)
     if quantized:
         return (

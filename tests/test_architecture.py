@@ -223,3 +223,34 @@ def test_architecture_rules_on_vgg16() -> None:
     same = sum(1 for layer in convs if layer.input.shape == layer.output.shape)
     residual = rewriter.rewrite(model, [architecture.add_residual("Conv2D")]).model
     assert _types(residual).count("Add") == same > 0
+
+
+def test_parameters_of_the_rules_change_their_effect() -> None:
+    x = keras.Input((8, 8, 3), name="x")
+    h = layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(x)
+    h = layers.AveragePooling2D(2, name="avg")(h)
+    h = layers.Conv2D(4, 3, padding="same", activation="relu6", name="c2")(h)
+    model = keras.Model(x, layers.ReLU(max_value=6.0, name="r6")(h))
+    randomize_weights(model, seed=6)
+    # several activations at once, ReLU layers included
+    swapped = rewriter.rewrite(model, architecture.swap_activation(("relu", "relu6"), "tanh")).model
+    assert swapped.get_layer("c1").get_config()["activation"] == "tanh"
+    assert swapped.get_layer("c2").get_config()["activation"] == "tanh"
+    assert swapped.get_layer("r6").get_config()["activation"] == "tanh"
+    # average pooling is a pooling the strided-convolution rule takes; restricting `pools` excludes it
+    strided = rewriter.rewrite(model, [architecture.conv_pool_to_strided_conv()])
+    assert "AveragePooling2D" not in _types(strided.model)
+    only_max = rewriter.rewrite(model, [architecture.conv_pool_to_strided_conv(pools=["MaxPooling2D"])])
+    assert only_max.applications == []
+    # before_activation=False keeps the activation on the convolution, the BN goes after it
+    after = rewriter.rewrite(
+        model, [architecture.insert_batchnorm_after_convolutions(["Conv2D"], before_activation=False)]
+    ).model
+    assert after.get_layer("c1").get_config()["activation"] == "relu"
+    assert "c1_act" not in [layer.name for layer in after.layers]
+    assert _types(after).count("BatchNormalization") == 2
+    assert _max_relative(model, after, random_inputs(model, seed=0)) < 1e-5
+    # add_residual takes any pattern and a rule name
+    rule = architecture.add_residual("Conv2D -> ReLU", name="res")
+    assert rule.name == "res"
+    assert rewriter.rewrite(model, [rule]).counts() == {"res": 1}

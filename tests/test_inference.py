@@ -184,17 +184,24 @@ def _mixed_precision_model() -> keras.Model:
     return keras.Model(x, layers.BatchNormalization(name="bn", dtype="float32")(h))
 
 
+def _half_precision_batchnorm_model() -> keras.Model:
+    x = keras.Input((5,), name="x")
+    h = layers.Dense(3, name="d")(x)
+    return keras.Model(x, layers.BatchNormalization(name="bn", dtype="mixed_float16")(h))
+
+
 @pytest.mark.parametrize(
     ("build", "bn", "reason"),
     [
         (_two_use_model, "bn", "also used outside"),
+        (_half_precision_batchnorm_model, "bn", "change the tensor's dtype"),
         (_graph_output_model, "bn", "as a model output"),
         (_shared_and_training_model, "bn", "shared"),
         (_shared_and_training_model, "bn_train", "training=True"),
         (_quantized_model, "bn", "quantized"),
         (_mixed_precision_model, "bn", "float16"),
     ],
-    ids=["escaping", "graph-output", "shared", "training", "quantized", "mixed-precision"],
+    ids=["escaping", "bn-dtype", "graph-output", "shared", "training", "quantized", "mixed-precision"],
 )
 def test_every_fold_refusal_is_the_rules_check(build, bn, reason) -> None:
     """The reason comes from the fold rule's check (Rule.veto), never from inside the replacement."""
