@@ -255,6 +255,8 @@ class Match:
 
     def _missing(self, name: str) -> str:
         known = self.pattern.capture_names
+        if name in self.tensors:
+            return f"{name!r} is a tensor placeholder, not a node: use match.tensors[{name!r}] (a Port)."
         if name in known:
             return f"{name!r} is an optional pattern node that is absent from this match."
         close = difflib.get_close_matches(name, known, n=3)

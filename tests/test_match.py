@@ -259,6 +259,8 @@ def test_tensor_placeholders() -> None:
     same = rewriter.find(graph, op("Multiply", inputs=[t, t]))
     assert len(same) == 1
     assert same[0].tensors == {"t": Port("h", 0)}
+    with pytest.raises(KeyError, match="tensor placeholder"):
+        same[0]["t"]
     assert same[0].inputs == [Port("h", 0)]
     assert same[0].nodes == [same[0].anchor]
     assert len(rewriter.find(graph, op("Multiply", inputs=[tensor(), tensor()]))) == 2
