@@ -53,6 +53,7 @@ import math
 import re
 import textwrap
 import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
@@ -465,7 +466,7 @@ class _ModuleWriter:
         cross = {layer_id for layer_id, keys in owners.items() if len(keys) > 1}
         # needs[g]: cross-shared layers that the builder of g must receive as arguments.
         needs: dict[int, list[int]] = {}
-        order = _post_order(graphs, direct)
+        order = _post_order([0], lambda key: [child for child in direct[key] if child in graphs])
         for key in order:
             wanted = [layer_id for layer_id in direct[key] if layer_id in cross]
             for layer_id in direct[key]:
@@ -480,21 +481,7 @@ class _ModuleWriter:
                     self.cross[layer_id] = (names.fresh(_identifier(node.layer_name, "layer")), node)
         self.needs = needs
         # The top function builds every cross-shared layer first, each after the layers it needs.
-        built: list[int] = []
-        done: set[int] = set()
-        for layer_id in self.cross:
-            stack = [(layer_id, False)]
-            while stack:
-                current, expanded = stack.pop()
-                if current in done:
-                    continue
-                if expanded:
-                    done.add(current)
-                    built.append(current)
-                    continue
-                stack.append((current, True))
-                stack.extend((dep, False) for dep in needs.get(current, []) if dep not in done)
-        self.cross_order = built
+        self.cross_order = _post_order(self.cross, lambda layer_id: needs.get(layer_id, []))
 
     def _builder_call(self, model: Any) -> Any:
         builder = self.builder_for(model)
@@ -1138,21 +1125,27 @@ def _lambda_ast(function: Any) -> ast.Lambda:
     return found[0]
 
 
-def _post_order(graphs: dict[int, Graph], direct: dict[int, dict[int, Node]]) -> list[int]:
-    """Graph keys with every nested model before the models that call it (iterative DFS)."""
+def _post_order(roots: Iterable[int], children: Callable[[int], Iterable[int]]) -> list[int]:
+    """Every key reachable from ``roots``, each after all its ``children`` (iterative DFS, no recursion).
+
+    Example:
+        >>> _post_order([0], {0: [1, 2], 1: [2], 2: []}.__getitem__)
+        [2, 1, 0]
+    """
     order: list[int] = []
     done: set[int] = set()
-    stack = [(0, False)]
-    while stack:
-        key, expanded = stack.pop()
-        if key in done:
-            continue
-        if expanded:
-            done.add(key)
-            order.append(key)
-            continue
-        stack.append((key, True))
-        stack.extend((child, False) for child in direct[key] if child in graphs and child not in done)
+    for root in roots:
+        stack = [(root, False)]
+        while stack:
+            key, expanded = stack.pop()
+            if key in done:
+                continue
+            if expanded:
+                done.add(key)
+                order.append(key)
+                continue
+            stack.append((key, True))
+            stack.extend((child, False) for child in children(key) if child not in done)
     return order
 
 

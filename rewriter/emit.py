@@ -126,16 +126,16 @@ def _emit_sequential(graph: Graph, *, share_weights: bool, name: str) -> keras.M
     clones: dict[int, Any] = {}
     chain = [(node, *_layer_for(node, clones, share_weights)) for node in nodes[1:]]
     with contextlib.ExitStack() as hooks, deep_recursion(len(graph)):
-        copied = [hooks.enter_context(_initialized_from_original(*item)) for item in chain]
+        started = [hooks.enter_context(_initialized_from_original(*item)) for item in chain]
         try:
             model = keras.Sequential([_new_input(nodes[0]), *(layer for _, layer, _ in chain)], name=name)
         except Exception:  # fall back to the functional replay, which reports errors per node
             return None
     if getattr(model, "_functional", None) is None:
         return None
-    for (node, layer, fresh), already_copied in zip(chain, copied):
+    for (node, layer, fresh), started_from in zip(chain, started):
         if fresh:
-            _set_weights(node, layer, already_copied=already_copied)
+            _set_weights(node, layer, started_from)
     return model
 
 
@@ -160,7 +160,7 @@ def replay(graph: Graph, *, share_weights: bool = False) -> Replay:
         args = _fill(node.call_args, tensors)
         kwargs = _fill(node.call_kwargs, tensors)
         try:
-            with _initialized_from_original(node, layer, fresh) as copied:
+            with _initialized_from_original(node, layer, fresh) as started_from:
                 result = layer(*args, **kwargs)
         except Exception as error:
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
@@ -169,7 +169,7 @@ def replay(graph: Graph, *, share_weights: bool = False) -> Replay:
                 f"shape {shapes} failed: {error}"
             ) from error
         if fresh:
-            _set_weights(node, layer, already_copied=copied)
+            _set_weights(node, layer, started_from)
         outputs = keras.tree.flatten(result)
         if len(outputs) != node.num_outputs and node.num_outputs:
             raise EmitError(
@@ -244,14 +244,21 @@ def _clone(node: Node) -> Any:
 
 
 @contextlib.contextmanager
-def _initialized_from_original(node: Node, layer: Any, fresh: bool) -> Iterator[set[int]]:
+def _initialized_from_original(node: Node, layer: Any, fresh: bool) -> Iterator[dict[int, tuple[Any, Any]]]:
     """While a fresh clone builds, create its own variables from the original layer's values.
 
-    Yields the ids of the variables so made. This skips the random initialization and the later copy,
-    most of the cost of copying weights. Variables of sub-layers, and any variable whose order, shape or
-    dtype does not match the original's, are initialized normally and copied by `_set_weights`.
+    This skips the random initialization and most of the later copy, the main cost of copying weights.
+    The ``k``-th trainable (non-trainable) variable the clone creates with ``add_weight`` starts from the
+    original's ``k``-th own trainable (non-trainable) variable when shapes and dtypes agree; otherwise it
+    is initialized normally.
+
+    Yields:
+        ``{id(new variable): (new variable, original variable whose value it started from)}``.
+        `_set_weights` skips the copy into a variable only when it started from exactly the original
+        weight that ``get_weights`` order pairs it with, so a surprising creation order (variables made
+        outside ``add_weight``, a different build path, sub-layers) costs a copy, never a wrong weight.
     """
-    copied: set[int] = set()
+    started_from: dict[int, tuple[Any, Any]] = {}
     original = node.layer
     if (
         not fresh
@@ -261,7 +268,7 @@ def _initialized_from_original(node: Node, layer: Any, fresh: bool) -> Iterator[
         or "weights" in node.meta
         or not isinstance(layer, keras.layers.Layer)
     ):
-        yield copied
+        yield started_from
         return
     own = {
         True: list(getattr(original, "_trainable_variables", [])),
@@ -282,12 +289,12 @@ def _initialized_from_original(node: Node, layer: Any, fresh: bool) -> Iterator[
         taken[trainable] = index + 1
         variable = add_weight(**{**kwargs, "initializer": lambda shape, dtype=None: _value_as(source, dtype)})
         if str(variable.dtype) == str(source.dtype):
-            copied.add(id(variable))
+            started_from[id(variable)] = (variable, source)
         return variable
 
     object.__setattr__(layer, "add_weight", add_weight_from_original)  # bypass Keras attribute tracking
     try:
-        yield copied
+        yield started_from
     finally:
         object.__delattr__(layer, "add_weight")
 
@@ -297,7 +304,12 @@ def _value_as(variable: Any, dtype: Any) -> Any:
     return value if dtype is None or str(dtype) == str(variable.dtype) else keras.ops.cast(value, dtype)
 
 
-def _set_weights(node: Node, layer: Any, already_copied: set[int] | frozenset[int] = frozenset()) -> None:
+def _set_weights(node: Node, layer: Any, started_from: dict[int, tuple[Any, Any]] | None = None) -> None:
+    """Copy the original's weights (or ``meta["weights"]``) into ``layer``, in ``get_weights`` order.
+
+    A target variable that `_initialized_from_original` created from the very weight it is paired with
+    here already holds that value and is skipped.
+    """
     if node.meta.get("reinitialize"):
         return
     if "weights" in node.meta:
@@ -310,8 +322,11 @@ def _set_weights(node: Node, layer: Any, already_copied: set[int] | frozenset[in
     if len(targets) != len(values):
         raise EmitError(
             f"Layer {node.layer_name!r} ({node.op_type}) was rebuilt with {len(targets)} weights "
-            f"but {len(values)} are to be copied into it."
+            f"but {len(values)} are to be copied into it. Check that its get_config() records every "
+            "constructor argument that decides its weights, or emit with share_weights=True."
         )
+    started_from = started_from or {}
+    assigned = False
     for target, value in zip(targets, values):
         shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
         if tuple(target.shape) != tuple(shape):
@@ -319,5 +334,10 @@ def _set_weights(node: Node, layer: Any, already_copied: set[int] | frozenset[in
                 f"Weight {target.path!r} of layer {node.layer_name!r} has shape {tuple(target.shape)}, "
                 f"the value to copy has shape {tuple(shape)}."
             )
-        if id(target) not in already_copied:
+        already = started_from.get(id(target))
+        if already is None or already[0] is not target or already[1] is not value:
             target.assign(value)
+            assigned = True
+    finalize_state = getattr(layer, "finalize_state", None)
+    if assigned and callable(finalize_state):
+        finalize_state()  # as Keras does after loading: Normalization & co. cache tensors made from weights

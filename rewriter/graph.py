@@ -94,8 +94,9 @@ class Node:
         call_kwargs: Keyword call arguments (``training``, ``mask``, ``axis`` ...), tensors as `TensorRef`.
         input_specs: Spec of each tensor argument, in `TensorRef` order.
         output_specs: Spec of each output, in flattened order.
-        output_structure: Nested structure (list, tuple, dict or a bare int) of output indices, as the
-            layer returns them; ``0`` for a layer that returns a single tensor.
+        output_structure: Output indices (into ``output_specs``) in the structure the call returns: a
+            nested model's own structure (for example ``{"b": 2, "a": [0, 1]}``), a flat list of indices
+            for other multi-output layers, ``0`` for a single tensor.
         call_index: Which call of a shared layer this is, within the graph (0 for the first).
         meta: Free-form annotations (for example ``{"reinitialize": True}`` after a rewrite).
     """

@@ -164,7 +164,7 @@ def _lift_structures(name: str, inputs_struct: Any, outputs_struct: Any) -> Grap
             call_kwargs=kwargs,
             input_specs=[_spec(t) for t in tensors],
             output_specs=[_spec(t) for t in outputs],
-            output_structure=0 if len(outputs) == 1 else list(range(len(outputs))),
+            output_structure=_output_structure(op, len(outputs)),
             call_index=call_index,
         )
         graph.add_node(node, [ports[id(t)] for t in tensors])
@@ -177,6 +177,15 @@ def _lift_structures(name: str, inputs_struct: Any, outputs_struct: Any) -> Grap
     graph.input_structure = keras.tree.map_structure(lambda t: ports[id(t)].node, inputs_struct)
     graph.output_structure = keras.tree.map_structure(lambda t: ports[id(t)], outputs_struct)
     return graph
+
+
+def _output_structure(op: Any, count: int) -> Any:
+    """Output indices in the structure ``op`` returns: a nested model's own (dict, list...), else flat."""
+    if _is_model_layer(op):
+        structure = _model_structures(op)[1]
+        if len(keras.tree.flatten(structure)) == count:
+            return keras.tree.pack_sequence_as(structure, list(range(count)))
+    return 0 if count == 1 else list(range(count))
 
 
 def _template(args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[Any]]:

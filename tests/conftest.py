@@ -1,8 +1,10 @@
 """Shared pytest configuration: quiet TensorFlow, the Keras backend and the hypothesis profiles.
 
-Profiles:
-    ci  (default): deadline=None, few examples, no too_slow health check: fits the suite's time budget.
-    dev: more examples for local hunting (``HYPOTHESIS_PROFILE=dev pytest``).
+Profiles (choose with ``HYPOTHESIS_PROFILE=<name> pytest``):
+    ci  (default): derandomized, so the same examples run every time and CI cannot flake; few examples
+        per test by default (the core lift/emit properties ask for more with
+        ``tests.helpers.property_settings``), no deadline, no too_slow health check.
+    dev: random exploration with many more examples and hypothesis' example database, for local hunting.
 """
 
 from __future__ import annotations
@@ -14,19 +16,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    deadline=None,
-    max_examples=12,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=False,
-    print_blob=True,
-)
-settings.register_profile(
-    "dev",
-    deadline=None,
-    max_examples=100,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    "print_blob": True,
+}
+settings.register_profile("ci", max_examples=12, derandomize=True, **_COMMON)
+settings.register_profile("dev", max_examples=100, derandomize=False, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

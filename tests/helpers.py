@@ -16,14 +16,29 @@ from typing import Any
 
 import keras
 import numpy as np
+from hypothesis import settings
 
 __all__ = [
     "assert_same_outputs",
     "assert_same_weights",
     "flat_outputs",
     "predict",
+    "property_settings",
     "random_inputs",
 ]
+
+
+def property_settings(minimum: int = 30) -> settings:
+    """Hypothesis settings for a core property: at least ``minimum`` examples, more if the profile has more.
+
+    The other settings (derandomized in the ``ci`` profile) come from the loaded profile.
+
+    Example:
+        >>> @property_settings()  # doctest: +SKIP
+        ... @given(functional_models())
+        ... def test_round_trip(model): ...
+    """
+    return settings(max_examples=max(minimum, settings.default.max_examples))
 
 
 def _input_array(shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> np.ndarray:

@@ -56,6 +56,9 @@ _INPUT_SHAPES: dict[int, list[tuple[int, ...]]] = {
 def randomize_weights(model: keras.Model, seed: int) -> None:
     """Give every variable of ``model`` a seeded random value (variances stay positive).
 
+    Layers that cache tensors computed from their weights (``finalize_state``, e.g. Normalization) are
+    refreshed, as Keras does after loading weights.
+
     Example:
         >>> randomize_weights(model, seed=0)  # doctest: +SKIP
     """
@@ -68,6 +71,9 @@ def randomize_weights(model: keras.Model, seed: int) -> None:
         else:
             value = rng.normal(0.0, 0.5, size=shape)
         variable.assign(value.astype(dtype))
+    for layer in model._flatten_layers(include_self=False):
+        if callable(getattr(layer, "finalize_state", None)):
+            layer.finalize_state()  # Normalization caches tensors made from its weights (Keras does this too)
 
 
 class _Builder:

@@ -1,7 +1,9 @@
 """keras.applications models (weights=None) survive emit(lift(model)) bit for bit with equal weights.
 
 Small input shapes keep the suite fast: 32x32 is the minimum most applications accept with
-``weights=None``; InceptionV3 needs at least 75x75. ``classes=10`` keeps the classifier small.
+``weights=None``; InceptionV3 needs at least 75x75. ``classes=10`` keeps the classifier small. Every
+weight (BatchNormalization statistics and zero-initialized biases included) first gets a seeded random
+value, so a weight that is not copied, or copied to the wrong place, changes the outputs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pytest
 
 import rewriter
 from tests.helpers import assert_same_outputs, assert_same_weights, random_inputs
+from tests.strategies import randomize_weights
 
 APPLICATIONS = {
     "ResNet50": 32,
@@ -27,6 +30,7 @@ APPLICATIONS = {
 def test_application_round_trip(name: str) -> None:
     size = APPLICATIONS[name]
     model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
+    randomize_weights(model, seed=0)
     inbound_before = {layer.name: len(layer._inbound_nodes) for layer in model.layers}
 
     graph = rewriter.lift(model)

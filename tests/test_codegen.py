@@ -20,7 +20,7 @@ from keras import layers, ops
 
 import rewriter
 from tests.codegen_models import ScaleShift, double_plus_one
-from tests.helpers import assert_same_outputs, assert_same_weights, random_inputs
+from tests.helpers import assert_same_outputs, assert_same_weights, property_settings, random_inputs
 from tests.strategies import functional_models
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -410,6 +410,7 @@ def test_source_passes_ruff(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@property_settings()
 @given(functional_models(max_ops=6))
 def test_random_models_round_trip(model: keras.Model) -> None:
     _round_trip(model, seed=3)

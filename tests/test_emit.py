@@ -17,11 +17,17 @@ import keras
 import numpy as np
 import pytest
 from hypothesis import given
-from keras import layers
+from keras import layers, ops
 
 import rewriter
-from tests.helpers import assert_same_outputs, assert_same_weights, flat_outputs, random_inputs
-from tests.strategies import functional_models
+from tests.helpers import (
+    assert_same_outputs,
+    assert_same_weights,
+    flat_outputs,
+    property_settings,
+    random_inputs,
+)
+from tests.strategies import functional_models, randomize_weights
 
 # ---------------------------------------------------------------------------------------- helpers
 
@@ -88,6 +94,7 @@ def _source_round_trip(model: keras.Model, graph: rewriter.Graph, inputs: Any) -
 # ----------------------------------------------------------------------------- property tests
 
 
+@property_settings()
 @given(functional_models())
 def test_emit_of_lift_is_faithful(model: keras.Model) -> None:
     before = _snapshot(model)
@@ -111,6 +118,7 @@ def test_emit_of_lift_is_faithful(model: keras.Model) -> None:
     _assert_unchanged(model, before)
 
 
+@property_settings()
 @given(functional_models())
 def test_lift_of_emit_gives_the_same_graph(model: keras.Model) -> None:
     graph = rewriter.lift(model)
@@ -128,6 +136,7 @@ def test_lift_of_emit_gives_the_same_graph(model: keras.Model) -> None:
     assert again.input_structure == graph.input_structure
 
 
+@property_settings()
 @given(functional_models(max_ops=8))
 def test_inline_nested_round_trip(model: keras.Model) -> None:
     before = _snapshot(model)
@@ -141,6 +150,7 @@ def test_inline_nested_round_trip(model: keras.Model) -> None:
     assert not _variable_ids(model) & _variable_ids(new)
 
 
+@property_settings()
 @given(functional_models(max_ops=6))
 def test_share_weights_reuses_layers(model: keras.Model) -> None:
     inputs = random_inputs(model, seed=2)
@@ -152,9 +162,133 @@ def test_share_weights_reuses_layers(model: keras.Model) -> None:
     assert all(id(layer) in originals for layer in reused)
 
 
+@property_settings()
 @given(functional_models())
 def test_to_source_round_trips(model: keras.Model) -> None:
     _source_round_trip(model, rewriter.lift(model), random_inputs(model, seed=3))
+
+
+# ------------------------------------------------------------ weights made during the clone's build
+
+
+class _VariableOutsideAddWeight(layers.Layer):
+    """Makes its first weight with ``keras.Variable``, the second (same shape) with ``add_weight``."""
+
+    def build(self, input_shape: Any) -> None:
+        self.scale = keras.Variable(np.ones((input_shape[-1],), "float32"), name="scale")
+        self.shift = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="shift")
+
+    def call(self, x: Any) -> Any:
+        return x * self.scale + self.shift
+
+
+class _PositionalAddWeight(layers.Layer):
+    """Calls ``add_weight`` Keras-2 style (shape and initializer positional) before a keyword call."""
+
+    def build(self, input_shape: Any) -> None:
+        self.scale = self.add_weight((input_shape[-1],), "ones")
+        self.shift = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="shift")
+
+    def call(self, x: Any) -> Any:
+        return x * self.scale + self.shift
+
+
+class _SubLayer(layers.Layer):
+    """A layer with a weight of its own and a Dense sub-layer of the same kernel shape."""
+
+    def build(self, input_shape: Any) -> None:
+        self.inner = layers.Dense(input_shape[-1], name="inner")
+        self.inner.build(input_shape)
+        self.kernel = self.add_weight(shape=(input_shape[-1], input_shape[-1]), name="kernel")
+
+    def call(self, x: Any) -> Any:
+        return self.inner(x) @ self.kernel
+
+
+def test_weights_created_in_unexpected_ways_are_copied_to_the_right_place() -> None:
+    """emit starts a clone's variables from the original's values; an odd build order must not fool it."""
+    x = inputs = keras.Input((3,), name="x")
+    x = _VariableOutsideAddWeight(name="outside")(layers.Dense(3, name="d")(x))
+    x = _PositionalAddWeight(name="positional")(x)
+    model = keras.Model(inputs, _SubLayer(name="with_sublayer")(x), name="odd_builds")
+    randomize_weights(model, seed=0)  # every weight distinct, so a swap changes the outputs
+    new = rewriter.emit(rewriter.lift(model))
+    assert_same_weights(model, new)
+    assert_same_outputs(model, new, random_inputs(model, seed=0))
+    assert all("add_weight" not in vars(layer) for layer in new.layers), "the build hook was left behind"
+
+
+def test_mixed_precision_model_round_trips() -> None:
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        tokens = keras.Input((6,), dtype="int32", name="tokens")
+        x = layers.Embedding(10, 4, name="embed")(tokens)
+        x = layers.Conv1D(4, 3, padding="same", name="conv")(x)
+        x = layers.BatchNormalization(name="bn")(x)
+        x = layers.LSTM(4, return_sequences=True, name="lstm")(x)
+        x = layers.MultiHeadAttention(num_heads=2, key_dim=2, name="mha")(x, x)
+        out = layers.Dense(2, dtype="float32", name="head")(layers.LayerNormalization(name="norm")(x))
+        model = keras.Model(tokens, out, name="mixed")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    randomize_weights(model, seed=1)
+    new = rewriter.emit(rewriter.lift(model))
+    assert [layer.dtype_policy.name for layer in new.layers[1:]] == [
+        layer.dtype_policy.name for layer in model.layers[1:]
+    ]
+    conv = new.get_layer("conv")
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"
+    assert_same_weights(model, new)
+    assert_same_outputs(model, new, random_inputs(model, seed=1))
+
+
+def test_weights_set_after_build_refresh_state_cached_from_them() -> None:
+    """Normalization caches its mean and variance as tensors: emit refreshes them after copying weights."""
+    x = keras.Input((3,), name="x")
+    norm = layers.Normalization(name="norm")
+    norm.adapt(np.array([[0.0, 1.0, 2.0], [2.0, 5.0, 8.0]], "float32"))
+    model = keras.Model(x, norm(x), name="normalized")
+    data = random_inputs(model, seed=2)
+    assert_same_outputs(model, rewriter.emit(rewriter.lift(model)), data)  # adapted statistics copied
+
+    graph = rewriter.lift(model)
+    mean, variance = np.array([1.0, 2.0, 3.0], "float32"), np.array([4.0, 1.0, 9.0], "float32")
+    count = np.array(norm.get_weights()[2])
+    graph.node("norm").meta["weights"] = [mean, variance, count]  # weights computed by a rewrite
+    new = rewriter.emit(graph)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(new(data)), (data - mean) / np.sqrt(variance), rtol=1e-6, atol=1e-6
+    )
+
+
+class _ForgetsAnArgument(layers.Layer):
+    """Its get_config() omits ``with_bias``, which decides how many weights it has."""
+
+    def __init__(self, with_bias: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.with_bias = with_bias
+
+    def build(self, input_shape: Any) -> None:
+        self.kernel = self.add_weight(shape=(input_shape[-1],), name="kernel")
+        if self.with_bias:
+            self.bias = self.add_weight(shape=(input_shape[-1],), name="bias")
+
+    def call(self, x: Any) -> Any:
+        return x * self.kernel + (self.bias if self.with_bias else 0.0)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("with_bias", None)  # the bug under test (Keras would otherwise record it itself)
+        return config
+
+
+def test_emit_reports_a_config_that_does_not_rebuild_the_weights() -> None:
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, _ForgetsAnArgument(with_bias=True, name="forgetful")(x))
+    with pytest.raises(rewriter.EmitError, match=r"'forgetful'.*rebuilt with 1 weights but 2.*get_config"):
+        rewriter.emit(rewriter.lift(model))
+    assert_same_outputs(model, rewriter.emit(rewriter.lift(model), share_weights=True), random_inputs(model))
 
 
 # ---------------------------------------------------------------------------- deep chains

@@ -178,6 +178,7 @@ def test_lstm_with_return_state_has_three_outputs() -> None:
     pooled = layers.GlobalAveragePooling1D(name="pool")(sequence)
     out = layers.Concatenate(name="cat")([pooled, state_h, state_c])
     model = keras.Model(x, out)
+    randomize_weights(model, seed=5)  # biases and forget gates too: a lost copy changes the outputs
     graph, _ = _round_trip(model)
     lstm = graph.node("lstm")
     assert lstm.num_outputs == 3
@@ -188,6 +189,7 @@ def test_lstm_with_return_state_has_three_outputs() -> None:
     ]
     assert graph.producers("cat") == [Port("pool", 0), Port("lstm", 1), Port("lstm", 2)]
     assert graph.uses(Port("lstm", 2)) == [Use("cat", 2, 2)]
+    assert "pool, lstm[1], lstm[2]" in graph.summary()
 
 
 def test_multi_head_attention_returning_scores() -> None:
@@ -196,6 +198,7 @@ def test_multi_head_attention_returning_scores() -> None:
     attention = layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")
     attended, scores = attention(query, value, return_attention_scores=True)
     model = keras.Model([query, value], [attended, scores])
+    randomize_weights(model, seed=6)  # the projections' biases too
     graph, _ = _round_trip(model)
     node = graph.node("mha")
     assert node.num_outputs == 2
@@ -237,6 +240,105 @@ def test_slicing_and_scalar_arithmetic() -> None:
     (multiply,) = graph.nodes_of_type("Multiply")
     assert multiply.num_inputs == 1 and 0.5 in keras.tree.flatten(multiply.call_args)
     assert graph.producers(multiply.name) == [Port(get_item.name, 0)]
+
+
+# ------------------------------------------------------------------- non-tensor call arguments
+
+
+def test_non_tensor_call_arguments_and_tensor_keyword_arguments() -> None:
+    x = keras.Input((4, 3), name="x")
+    keep = keras.Input((4,), dtype="bool", name="keep")
+    noisy = layers.Dropout(0.5, name="mc_dropout")(x, training=True)  # Monte Carlo dropout
+    summed = ops.sum(noisy, axis=1)
+    pair = ops.concatenate([summed, summed], axis=-1)
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=2, name="mha")
+    attended = attention(query=x, value=noisy, attention_mask=ops.expand_dims(keep, 1), use_causal_mask=True)
+    model = keras.Model([x, keep], [pair, attended])
+    randomize_weights(model, seed=8)
+    graph = rewriter.lift(model)
+    graph.verify()
+
+    dropout = graph.node("mc_dropout")
+    assert dropout.call_kwargs == {"training": True} and dropout.non_tensor_arguments() == {"training": True}
+    (sum_node,) = graph.nodes_of_type("Sum")
+    assert sum_node.config["axis"] == 1 and sum_node.call_args == (TensorRef(0),)
+    (concat,) = graph.nodes_of_type("Concatenate")
+    assert concat.call_args == ([TensorRef(0), TensorRef(1)],)  # the list argument keeps its structure
+    assert graph.producers(concat.name) == [Port(sum_node.name, 0), Port(sum_node.name, 0)]
+    mha = graph.node("mha")
+    ports = graph.producers("mha")  # keyword tensors are numbered in keras.tree.flatten order
+    assert ports[mha.call_kwargs["query"].index] == Port("x", 0)
+    assert ports[mha.call_kwargs["value"].index] == Port("mc_dropout", 0)
+    assert mha.non_tensor_arguments() == {"use_causal_mask": True}
+    assert len(mha.input_specs) == 3 and TensorSpec((None, 1, 4), "bool") in mha.input_specs
+
+    new = rewriter.emit(graph)
+    assert rewriter.lift(new).node("mc_dropout").call_kwargs == {"training": True}
+    inputs = random_inputs(model, seed=0)
+    # called without a training flag (Keras lets an explicit outer flag override it), the recorded
+    # training=True keeps the dropout active in the emitted model, as in the input model
+    pair_a, _ = (ops.convert_to_numpy(t) for t in new(inputs))
+    pair_b, _ = (ops.convert_to_numpy(t) for t in new(inputs))
+    assert not np.array_equal(pair_a, pair_b), "training=True was lost: dropout is inactive"
+    without_dropout = keras.Model(model.inputs, model.outputs[1])
+    assert_same_outputs(without_dropout, keras.Model(new.inputs, new.outputs[1]), inputs)
+
+
+def test_explicit_mask_argument_is_a_tensor_edge() -> None:
+    x = keras.Input((5, 3), name="x")
+    keep = keras.Input((5,), dtype="bool", name="keep")
+    model = keras.Model([x, keep], layers.LSTM(2, name="lstm")(x, mask=keep))
+    randomize_weights(model, seed=9)
+    graph, _ = _round_trip(model)
+    lstm = graph.node("lstm")
+    assert lstm.call_kwargs["mask"] == TensorRef(1) and lstm.non_tensor_arguments() == {}
+    assert graph.producers("lstm") == [Port("x", 0), Port("keep", 0)]
+
+
+# -------------------------------------------------------------------- unusual but valid models
+
+
+def test_model_on_an_intermediate_tensor_lifts_keras_own_input() -> None:
+    x = keras.Input((4,), name="x")
+    hidden = layers.Dense(4, name="hidden")(x)
+    model = keras.Model(hidden, layers.Dense(2, name="head")(hidden))  # Keras clones an Input for `hidden`
+    graph, _ = _round_trip(model)
+    assert [n.op_type for n in graph.topological()] == ["InputLayer", "Dense"]
+    assert graph.node(graph.inputs[0]).is_input and graph.producer_nodes("head") == graph.inputs
+
+
+def test_sequential_built_by_calling_it_and_identity_and_unused_inputs() -> None:
+    seq = keras.Sequential([layers.Dense(3, name="s1"), layers.Dense(2, name="s2")], name="called")
+    seq(np.zeros((2, 5), "float32"))
+    graph, new = _round_trip(seq)
+    assert graph.node(graph.inputs[0]).output_specs[0].shape == (2, 5)  # Keras records the data's shape
+    assert isinstance(new, keras.Sequential)
+
+    a = keras.Input((3,), name="a")
+    graph, _ = _round_trip(keras.Model(a, a, name="identity"))
+    assert graph.outputs == [Port("a", 0)] and len(graph) == 1
+
+    b = keras.Input((3,), name="b")
+    c = keras.Input((2,), name="c")  # never used
+    graph, new = _round_trip(keras.Model([b, c], layers.Dense(2, name="d")(b)))
+    assert graph.inputs == ["b", "c"] and [t.name for t in new.inputs] == ["b", "c"]
+
+
+def test_nested_model_node_keeps_its_output_structure() -> None:
+    inner_in = keras.Input((3,), name="inner_in")
+    inner = keras.Model(
+        inner_in,
+        {"b": layers.Dense(2, name="b")(inner_in), "a": [layers.Dense(1, name="a0")(inner_in), inner_in]},
+        name="inner",
+    )
+    x = keras.Input((3,), name="x")
+    out = inner(x)
+    model = keras.Model(x, {"first": out["a"][0], "second": out["b"]})
+    graph, _ = _round_trip(model)
+    node = graph.node("inner")
+    assert node.output_structure == {"b": 2, "a": [0, 1]}  # indices in keras.tree.flatten order
+    assert [s.shape for s in node.output_specs] == [(None, 1), (None, 3), (None, 2)]
+    assert graph.output_structure == {"first": Port("inner", 0), "second": Port("inner", 2)}
 
 
 # ------------------------------------------------------------------------------------- masks
@@ -307,6 +409,7 @@ def test_keras_hub_bert_backbone() -> None:
         max_sequence_length=10,
         name="tiny_bert",
     )
+    randomize_weights(backbone, seed=7)  # layer norms and biases too
     rng = np.random.default_rng(0)
     inputs = {
         "token_ids": rng.integers(1, 30, size=(2, 7)).astype("int32"),
@@ -434,6 +537,22 @@ def test_verify_catches_duplicate_layer_names_and_bad_outputs() -> None:
     graph.output_structure = Port("relu", 3)
     with pytest.raises(GraphError, match="out of range"):
         graph.verify()
+
+
+def test_verify_catches_bad_graph_inputs() -> None:
+    _, graph = _diamond()
+    graph.inputs = ["left"]
+    with pytest.raises(GraphError, match="'left' is not an InputLayer"):
+        graph.verify()
+
+
+def test_summary_marks_shared_calls() -> None:
+    a = keras.Input((5,), name="a")
+    shared = layers.Dense(5, name="shared")
+    graph = rewriter.lift(keras.Model(a, shared(shared(a)), name="twice"))
+    rows = {line.split()[0]: line for line in graph.summary().splitlines()[3:-1]}
+    assert "Dense (shared)" in rows["shared@1"] and "(shared)" not in rows["shared"]
+    assert graph.summary().splitlines()[-1] == "inputs: a    outputs: shared@1[0]"
 
 
 def test_verify_catches_an_argument_fed_twice() -> None:
