@@ -215,20 +215,22 @@ def fold_batchnorm(layer: Any, bn: Any) -> list[np.ndarray]:
         depthwise = _numpy(layer.depthwise_kernel)
         pointwise = _numpy(layer.pointwise_kernel)
         dtype = pointwise.dtype
-        folded = pointwise.astype(np.float64) * scale
-        return [depthwise, folded.astype(dtype), new_bias.astype(dtype)]
+        folded = pointwise * scale.astype(dtype)
+        return [depthwise, folded.astype(dtype, copy=False), new_bias.astype(dtype)]
     kernel = _numpy(layer.kernel)  # with LoRA enabled: the merged kernel
     dtype = kernel.dtype
-    k64 = kernel.astype(np.float64)
+    # s in float64, rounded once to the kernel's dtype: the product is within 2 ulp of the exact W * s
+    # (float64 for the whole kernel would cost a float64 copy of every big kernel for 1 ulp)
+    factor = scale.astype(dtype)
     if op_type.startswith("DepthwiseConv"):
         in_channels, multiplier = kernel.shape[-2], kernel.shape[-1]
-        folded = k64 * scale.reshape(in_channels, multiplier)
+        folded = kernel * factor.reshape(in_channels, multiplier)
     else:
         axis = _out_axis(op_type)
         shape = [1] * kernel.ndim
         shape[axis] = scale.shape[0]
-        folded = k64 * scale.reshape(shape)
-    return [folded.astype(dtype), new_bias.astype(dtype)]
+        folded = kernel * factor.reshape(shape)
+    return [folded.astype(dtype, copy=False), new_bias.astype(dtype)]
 
 
 def folded_config(config: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:

@@ -30,6 +30,7 @@ __all__ = [
     "insert_after",
     "is_float",
     "is_shared",
+    "layer_values",
     "new_layer_node",
     "rebuilt_call",
     "set_output_spec",
@@ -38,12 +39,22 @@ __all__ = [
 
 
 def call_counts(graph: Graph) -> Counter[int]:
-    """How many nodes call each layer object (keyed by ``id(layer)``); > 1 means a shared layer."""
+    """How many nodes call each layer object (keyed by ``id(layer)``); > 1 means a shared layer.
+
+    Example:
+        >>> call_counts(graph)[id(graph.node("conv").layer)]  # doctest: +SKIP
+        1
+    """
     return Counter(id(n.layer) for n in graph.topological() if n.layer is not None)
 
 
 def is_shared(graph: Graph, node: Node) -> bool:
-    """Whether ``node``'s layer object is called by another node of ``graph`` too."""
+    """Whether ``node``'s layer object is called by another node of ``graph`` too.
+
+    Example:
+        >>> is_shared(graph, graph.node("conv"))  # doctest: +SKIP
+        False
+    """
     layer = node.layer
     if layer is None:
         return False
@@ -62,6 +73,20 @@ def escapes(graph: Graph, producer: str, consumer: str) -> bool:
     return any(port.node == producer for port in graph.outputs)
 
 
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in (value.shape if hasattr(value, "shape") else np.shape(value)))
+
+
+def layer_values(layer: Any) -> list[Any]:
+    """The current values of ``layer.weights`` as backend tensors (no copy to numpy).
+
+    Example:
+        >>> [tuple(v.shape) for v in layer_values(dense)]  # doctest: +SKIP
+        [(8, 4), (4,)]
+    """
+    return [variable.value for variable in layer.weights]
+
+
 @contextlib.contextmanager
 def _variables_from(layer: Any, values: Sequence[np.ndarray], used: dict[int, int]) -> Iterator[None]:
     """While ``layer`` builds, create its k-th variable from ``values[k]`` (no random initialization).
@@ -76,7 +101,7 @@ def _variables_from(layer: Any, values: Sequence[np.ndarray], used: dict[int, in
         index = created[0]
         created[0] += 1
         shape = kwargs.get("shape")
-        if args or shape is None or index >= len(values) or tuple(shape) != tuple(np.shape(values[index])):
+        if args or shape is None or index >= len(values) or tuple(shape) != _shape(values[index]):
             return add_weight(*args, **kwargs)
         value = values[index]
 
@@ -104,7 +129,7 @@ def call_with_weights(layer: Any, inputs: Any, weights: Sequence[np.ndarray], **
     Args:
         layer: A Keras layer that is not built yet.
         inputs: What to call it on (a symbolic tensor or a list of them).
-        weights: One array per entry of ``layer.weights``, in that order.
+        weights: One array (or backend tensor) per entry of ``layer.weights``, in that order.
         **kwargs: Extra call arguments.
 
     Returns:
@@ -120,7 +145,7 @@ def call_with_weights(layer: Any, inputs: Any, weights: Sequence[np.ndarray], **
         >>> float(dense.kernel.numpy().sum())
         6.0
     """
-    values = [np.asarray(w) for w in weights]
+    values = [w if hasattr(w, "shape") else np.asarray(w) for w in weights]
     used: dict[int, int] = {}
     if getattr(layer, "built", False):
         outputs = layer(inputs, **kwargs)
@@ -134,10 +159,10 @@ def call_with_weights(layer: Any, inputs: Any, weights: Sequence[np.ndarray], **
             f"but {len(values)} arrays were computed for it."
         )
     for index, (variable, value) in enumerate(zip(variables, values)):
-        if tuple(variable.shape) != tuple(value.shape):
+        if tuple(variable.shape) != _shape(value):
             raise RewriteError(
                 f"Weight {variable.path!r} of layer {layer.name!r} has shape {tuple(variable.shape)}, "
-                f"the computed array {tuple(value.shape)}."
+                f"the computed array {_shape(value)}."
             )
         if used.get(id(variable)) != index:
             variable.assign(value)
@@ -149,18 +174,23 @@ def rebuilt_call(
 ) -> Any:
     """Call a new copy of ``layer`` (its config updated with ``changes``) on ``inputs``.
 
-    The copy starts with ``weights`` (default: ``layer``'s own), created directly from those arrays.
+    The copy starts with ``weights`` (default: ``layer``'s own current values), created directly from them.
 
     Example:
         >>> y = rebuilt_call(conv, x, activation="relu")  # doctest: +SKIP
     """
     config = {**layer.get_config(), **changes}
     new = type(layer).from_config(config)
-    return call_with_weights(new, inputs, layer.get_weights() if weights is None else weights)
+    return call_with_weights(new, inputs, layer_values(layer) if weights is None else weights)
 
 
 def current_weights(node: Node) -> list[np.ndarray]:
-    """The weights the node will be emitted with: ``meta["weights"]`` if set, else its layer's."""
+    """The weights the node will be emitted with: ``meta["weights"]`` if set, else its layer's.
+
+    Example:
+        >>> [w.shape for w in current_weights(graph.node("dense"))]  # doctest: +SKIP
+        [(8, 4), (4,)]
+    """
     if "weights" in node.meta:
         return [np.asarray(w) for w in node.meta["weights"]]
     layer = node.layer
@@ -170,7 +200,12 @@ def current_weights(node: Node) -> list[np.ndarray]:
 
 
 def is_float(spec: TensorSpec) -> bool:
-    """Whether a tensor spec has a floating dtype."""
+    """Whether a tensor spec has a floating dtype.
+
+    Example:
+        >>> is_float(TensorSpec((None, 3), "float32"))
+        True
+    """
     return "float" in spec.dtype
 
 
@@ -195,6 +230,10 @@ def new_layer_node(
         output_spec: Spec of the single output.
         weights: Arrays to set after the layer is built (required when the layer has weights).
         merge: The layer takes a list of tensors (Add, Concatenate ...).
+
+    Example:
+        >>> spec = TensorSpec((None, 4), "float32")
+        >>> node = new_layer_node(graph, keras.layers.ReLU(name="r"), [Port("x", 0)], spec)  # doctest: +SKIP
     """
     specs = [graph.node(p.node).output_specs[p.index] for p in inputs]
     refs = [TensorRef(i) for i in range(len(inputs))]
@@ -226,7 +265,11 @@ def insert_after(graph: Graph, port: Port, layer: Any, output_spec: TensorSpec, 
 
 
 def set_output_spec(graph: Graph, name: str, spec: TensorSpec) -> None:
-    """Set output 0's spec of ``name`` and the matching input spec of every consumer."""
+    """Set output 0's spec of ``name`` and the matching input spec of every consumer.
+
+    Example:
+        >>> set_output_spec(graph, "dense", TensorSpec((None, 12), "float32"))  # doctest: +SKIP
+    """
     node = graph.node(name)
     node.output_specs = [spec, *node.output_specs[1:]]
     for use in graph.uses(Port(name, 0)):
@@ -237,5 +280,10 @@ def set_output_spec(graph: Graph, name: str, spec: TensorSpec) -> None:
 
 
 def with_last_dim(spec: TensorSpec, size: int) -> TensorSpec:
-    """``spec`` with its last dimension replaced by ``size``."""
+    """``spec`` with its last dimension replaced by ``size``.
+
+    Example:
+        >>> with_last_dim(TensorSpec((None, 4, 3), "float32"), 5).shape
+        (None, 4, 5)
+    """
     return dataclasses.replace(spec, shape=(*spec.shape[:-1], size))

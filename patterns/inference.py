@@ -55,7 +55,7 @@ from typing import Any
 import keras
 
 from patterns import _algebra
-from patterns._graph_tools import call_with_weights, escapes, is_shared
+from patterns._graph_tools import call_with_weights, escapes, is_shared, layer_values
 from rewriter.errors import RewriteError
 from rewriter.graph import Graph, Node, Port
 from rewriter.pattern import Pattern, op
@@ -287,7 +287,7 @@ def _fold_activation(match: Any, x: Any) -> Any:
     act = match.node("act")
     config = dict(host.get_config())
     config["activation"] = _algebra.activation_of_layer(act.op_type, act.config or {})
-    return call_with_weights(type(host).from_config(config), x, host.get_weights())
+    return call_with_weights(type(host).from_config(config), x, layer_values(host))
 
 
 FOLD_ACTIVATION = Rule(

@@ -96,7 +96,12 @@ __all__ = [
 
 
 class MutationError(RewriteError):
-    """A mutation cannot be applied (a replayed record does not fit the model, an unknown operator)."""
+    """A mutation cannot be applied (a replayed record does not fit the model, an unknown operator).
+
+    Example:
+        >>> mutate(model, seed=0, kinds=["teleport"])  # doctest: +SKIP
+        MutationError: Unknown mutation operator(s) ['teleport']; known: insert_layer, remove_layer, ...
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,11 @@ class MutationRecord:
         fingerprint: `architecture_fingerprint` of the graph the step was applied to (None for a record
             written by hand). `replay` refuses a step whose graph has another fingerprint: the history
             belongs to another model (weights do not count, so a retrained parent replays fine).
+
+    Example:
+        >>> record = MutationRecord("widen", "dense", {"new_units": 12, "seed": 3})
+        >>> MutationRecord(**record.to_dict()) == record
+        True
     """
 
     operator: str
@@ -135,6 +145,10 @@ class MutationResult:
         model: The mutated, runnable keras.Model (a new model; the input is unchanged).
         history: One `MutationRecord` per step, in order; `replay` takes it.
         graph: The mutated graph the model was emitted from.
+
+    Example:
+        >>> result = mutate(model, seed=0, steps=2)  # doctest: +SKIP
+        >>> child, history = result.model, result.history  # doctest: +SKIP
     """
 
     model: keras.Model
