@@ -250,6 +250,20 @@ def _known_activation(value: Any) -> str:
     return value
 
 
+def _same_shape_linear(operator: str, target: str, spec: TensorSpec, parameters: dict[str, Any]) -> Any:
+    """The Dense or "same"-padded ConvND (``parameters["layer"]``) mapping ``spec`` to itself."""
+    kind = parameters["layer"]
+    activation = _known_activation(parameters["activation"])
+    channels = int(spec.shape[-1])
+    if kind == "Dense":
+        return keras.layers.Dense(channels, activation=activation, name=parameters["name"])
+    if kind in _CONVS and _algebra.conv_rank(kind) + 2 == spec.rank:
+        size = _kernel_size(parameters["kernel_size"])
+        layer_class = getattr(keras.layers, kind)
+        return layer_class(channels, size, padding="same", activation=activation, name=parameters["name"])
+    raise MutationError(f"{operator}: a {kind} cannot follow {target!r}, whose output is {spec}.")
+
+
 def _glorot(rng: np.random.Generator, shape: Sequence[int], fan_in: int, fan_out: int) -> np.ndarray:
     limit = math.sqrt(6.0 / max(1, fan_in + fan_out))
     return rng.uniform(-limit, limit, size=tuple(shape)).astype("float32")
@@ -313,28 +327,11 @@ class _InsertLayer(_Operator):
         name = parameters["name"]
         channels = int(spec.shape[-1])
         weights: list[np.ndarray] | None = None
-        if kind == "Dense":
-            layer = keras.layers.Dense(
-                channels, activation=_known_activation(parameters["activation"]), name=name
-            )
+        if kind in ("Dense", *_CONVS):
+            layer = _same_shape_linear("insert_layer", target, spec, parameters)
             rng = np.random.default_rng(parameters["seed"])
-            weights = [_glorot(rng, (channels, channels), channels, channels), np.zeros(channels, "float32")]
-        elif kind in _CONVS:
-            if _algebra.conv_rank(kind) + 2 != spec.rank:
-                raise MutationError(
-                    f"insert_layer: a {kind} cannot follow {target!r}, whose output is {spec}."
-                )
-            size = _kernel_size(parameters["kernel_size"])
-            cls = getattr(keras.layers, kind)
-            layer = cls(
-                channels,
-                size,
-                padding="same",
-                activation=_known_activation(parameters["activation"]),
-                name=name,
-            )
+            size = 1 if kind == "Dense" else int(parameters["kernel_size"])
             rank = _algebra.conv_rank(kind)
-            rng = np.random.default_rng(parameters["seed"])
             fan = channels * size**rank
             kernel = _glorot(rng, (*(size,) * rank, channels, channels), fan, fan)
             weights = [kernel, np.zeros(channels, "float32")]
@@ -542,24 +539,9 @@ class _Deepen(_Operator):
             raise MutationError(f"deepen: {target!r} has no single float output of known shape.")
         kind = parameters["layer"]
         channels = int(spec.shape[-1])
-        name = parameters["name"]
-        if kind == "Dense":
-            layer = keras.layers.Dense(
-                channels, activation=_known_activation(parameters["activation"]), name=name
-            )
-            weights = _algebra.identity_weights("Dense", channels)
-        elif kind in _CONVS and _algebra.conv_rank(kind) + 2 == spec.rank:
-            size = _kernel_size(parameters["kernel_size"])
-            layer = getattr(keras.layers, kind)(
-                channels,
-                size,
-                padding="same",
-                activation=_known_activation(parameters["activation"]),
-                name=name,
-            )
-            weights = _algebra.identity_weights(kind, channels, size)
-        else:
-            raise MutationError(f"deepen: a {kind} cannot follow {target!r}, whose output is {spec}.")
+        layer = _same_shape_linear("deepen", target, spec, parameters)
+        size = 1 if kind == "Dense" else int(parameters["kernel_size"])
+        weights = _algebra.identity_weights(kind, channels, size)
         insert_after(graph, Port(target, 0), layer, spec, weights=weights)
 
 
