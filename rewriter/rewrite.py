@@ -1059,6 +1059,10 @@ def _random_inputs(model: keras.Model, seed: int = 0) -> Any:
     return keras.tree.map_structure(make, structure if structure is not None else model.inputs)
 
 
+class _FunctionChanged(RewriteError):
+    """The end-to-end numeric check of function-preserving rules failed."""
+
+
 def _verify_function(
     reference: keras.Model, rewritten: keras.Model, inputs: Any, rules: list[str], atol: float, rtol: float
 ) -> None:
@@ -1069,13 +1073,13 @@ def _verify_function(
         got = [keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(rewritten(inputs, training=False))]
     for index, (a, b) in enumerate(zip(want, got)):
         if a.shape != b.shape:
-            raise RewriteError(
+            raise _FunctionChanged(
                 f"Function-preserving rule(s) {rules} changed output {index}'s shape from {a.shape} to "
                 f"{b.shape}."
             )
         error = float(np.max(np.abs(a.astype("float64") - b.astype("float64")))) if a.size else 0.0
         if not np.allclose(b, a, atol=atol, rtol=rtol):
-            raise RewriteError(
+            raise _FunctionChanged(
                 f"Function-preserving rule(s) {rules} changed what the model computes: output {index} "
                 f"differs by up to {error:.3g} (tolerance atol={atol}, rtol={rtol}). Check the rule's "
                 "replacement (and its computed weights), or drop function_preserving=True."
@@ -1122,12 +1126,27 @@ def rewrite(
     if max_passes < 1:
         raise RewriteError(f"Expected max_passes >= 1. Received: max_passes={max_passes}.")
     source_graph, source_model = _source_of(model_or_graph)
+    options = (rule_set, max_passes, fixed_point, inputs, atol, rtol, name)
+    # When every rule preserves the function, one end-to-end check on the rewritten model says all, and
+    # costs one forward pass. Only if it fails is the rewrite run again with a check at each application,
+    # which names the rule and the place that changed the function.
+    if not all(rule.function_preserving for rule in rule_set):
+        return _rewrite_once(source_graph, source_model, options, check_locally=True)
+    try:
+        return _rewrite_once(source_graph, source_model, options, check_locally=False)
+    except _FunctionChanged as end_to_end:
+        _rewrite_once(source_graph, source_model, options, check_locally=True)
+        raise end_to_end from None
+
+
+def _rewrite_once(
+    source_graph: Graph, source_model: keras.Model | None, options: tuple[Any, ...], *, check_locally: bool
+) -> RewriteResult:
+    rule_set, max_passes, fixed_point, inputs, atol, rtol, name = options
     session = _Session(source_graph.copy())
     session.atol, session.rtol = atol, rtol
     session.inputs = inputs
-    # When every rule preserves the function and the caller gave inputs, the end-to-end check on them says
-    # all; otherwise each application of a preserving rule is checked where it happens.
-    session.check_locally = inputs is None or not all(rule.function_preserving for rule in rule_set)
+    session.check_locally = check_locally
     passes = _run_passes(session, rule_set, max_passes, fixed_point)
     return _finish(session, source_graph, source_model, rule_set, passes, inputs, atol, rtol, name)
 

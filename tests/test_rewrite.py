@@ -267,6 +267,13 @@ def test_function_preserving_mismatch_reports_the_error_size() -> None:
         rewriter.rewrite(model, [rule])
 
 
+def test_a_failed_end_to_end_check_names_the_rule_and_the_place() -> None:
+    model = _conv_bn_relu()
+    lie = Rule("lie", "ReLU", lambda m, x: layers.Activation("tanh")(x), function_preserving=True)
+    with pytest.raises(rewriter.RewriteError, match=r"'lie' changes what the model computes at 'relu'"):
+        rewriter.rewrite(model, [lie])
+
+
 def test_function_preserving_rule_is_checked_where_it_applies_in_a_mixed_set() -> None:
     model = _conv_bn_relu()
     lie = Rule("lie", "ReLU", lambda m, x: layers.Activation("tanh")(x), function_preserving=True)
