@@ -69,12 +69,20 @@ class _GraphIndex:
         self._by_type: dict[str, list[str]] | None = None
         self._order: list[str] | None = None
         self._insertion_is_topological = False
+        self._op_of: dict[str, str] | None = None
 
     def node(self, name: str) -> Node:
         return self._node_data[name]["node"]
 
     def op_type(self, name: str) -> str:
         return self._node_data[name]["op_type"]
+
+    @property
+    def op_of(self) -> dict[str, str]:
+        """Node name -> op type, as one table."""
+        if self._op_of is None:
+            self._op_of = {name: attrs["op_type"] for name, attrs in self._node_data.items()}
+        return self._op_of
 
     def __contains__(self, name: object) -> bool:
         return name in self._node_data
@@ -124,15 +132,18 @@ class _GraphIndex:
         # Fast path: when insertion order is already topological (lifted graphs, copies), the smallest
         # ready node is always the next one inserted, so the answer is the insertion order itself.
         seen: set[str] = set()
+        op_of: dict[str, str] = {}  # built on the way: one compact table instead of scattered node dicts
         last = -1
-        for name in data:
-            rank = data[name]["order"]
+        for name, attrs in data.items():
+            rank = attrs["order"]
             if rank < last or not seen.issuperset(pred[name]):
                 break
             last = rank
             seen.add(name)
+            op_of[name] = attrs["op_type"]
         else:
             self._insertion_is_topological = True
+            self._op_of = op_of
             return list(data)
         remaining = {name: len(preds) for name, preds in pred.items()}
         heap = [(data[name]["order"], name) for name, count in remaining.items() if count == 0]
@@ -166,11 +177,12 @@ class _GraphIndex:
             self._by_type = {}
         for kind in names:
             if kind not in self._by_type:
+                order = self.order  # computes the topological order (and op_of) first
+                op_of = self.op_of
                 if self._insertion_is_topological:
-                    found = [n for n, d in self._node_data.items() if d["op_type"] == kind]
+                    found = [n for n, t in op_of.items() if t == kind]
                 else:
-                    data = self._node_data
-                    found = [n for n in self.order if data[n]["op_type"] == kind]
+                    found = [n for n in order if op_of[n] == kind]
                 self._by_type[kind] = found
         if len(names) == 1:
             return self._by_type[next(iter(names))]
@@ -449,10 +461,11 @@ class _Search:
             return
         index = self.index
         node_data = index._node_data
+        op_of = index.op_of
         record = self.record
         simple = self.simple_types.get(p)
         for cand in candidates:
-            if simple is not None and node_data[cand]["op_type"] not in simple:
+            if simple is not None and op_of[cand] not in simple:
                 if record:
                     self._fail(f"node {cand!r} cannot be {p.label()}: {p.local_failure(index.node(cand))}")
                 continue
