@@ -720,7 +720,7 @@ class _ModuleWriter:
             form, keys = self._choose_constructor(cls, config)
             self._layer_cache[cache_key] = (form, keys)
         if form == "from_config":
-            return _Call(f"{reference}.from_config", [self._config_literal(config)])
+            return _Call(f"{reference}.from_config", [_literal(config)])
         return self._constructor_call(cls, reference, config, keys)
 
     def _choose_constructor(self, cls: type, config: dict[str, Any]) -> tuple[str, list[str]]:
@@ -747,7 +747,7 @@ class _ModuleWriter:
             rebuilt = self._build_config(cls, config, keys)
             if rebuilt is not None and _normalized(rebuilt) == _normalized(config):
                 return "call", keys
-        self._config_literal(config)  # raises _Unrenderable when the config is not literal data
+        _literal(config)  # raises _Unrenderable when the config is not literal data
         return "from_config", []
 
     def _build_config(self, cls: type, config: dict[str, Any], keys: list[str]) -> dict[str, Any] | None:
@@ -813,10 +813,6 @@ class _ModuleWriter:
         except Exception:
             return None
         return _Call(f"keras.{family}.{class_name}", args), obj
-
-    def _config_literal(self, config: dict[str, Any]) -> Any:
-        doc = _literal(config)
-        return doc
 
     # ---------------------------------------------------------------- Lambda layers
 
@@ -1294,8 +1290,7 @@ def to_source(graph: Graph | keras.Model, *, function_name: str = "build_model")
             f"Expected a rewriter.Graph or a keras.Model. Received: graph of type {type(graph).__name__}."
         )
     writer = _ModuleWriter()
-    source = writer.module(graph, function_name)
-    return source
+    return writer.module(graph, function_name)
 
 
 def load_source(source: str, *, function_name: str = "build_model") -> keras.Model:

@@ -203,6 +203,10 @@ class Graph:
 
         Raises:
             GraphError: No node has that name.
+
+        Example:
+            >>> graph.node("d").config["units"]  # doctest: +SKIP
+            2
         """
         try:
             return self.nx.nodes[name]["node"]
@@ -252,6 +256,10 @@ class Graph:
 
         Raises:
             GraphError: An argument is unconnected (the graph is broken).
+
+        Example:
+            >>> graph.producers("add")  # ops.add(h, h): both arguments read h  # doctest: +SKIP
+            [Port(node='h', index=0), Port(node='h', index=0)]
         """
         node = self.node(name)
         ports: list[Port | None] = [None] * node.num_inputs
@@ -267,7 +275,12 @@ class Graph:
         return list(dict.fromkeys(p.node for p in self.producers(name)))
 
     def uses(self, port: Port) -> list[Use]:
-        """Every use of output ``port`` by other nodes (not counting graph outputs)."""
+        """Every use of output ``port`` by other nodes (not counting graph outputs).
+
+        Example:
+            >>> graph.uses(Port("lstm", 2))  # who reads the LSTM's cell state  # doctest: +SKIP
+            [Use(consumer='cat', arg_index=2, out_index=2)]
+        """
         return sorted(
             Use(dst, data["arg_index"], data["out_index"])
             for _, dst, data in self.nx.out_edges(port.node, data=True)
@@ -275,7 +288,12 @@ class Graph:
         )
 
     def consumers(self, name: str) -> list[Use]:
-        """Every use of any output of ``name``, sorted by consumer then argument."""
+        """Every use of any output of ``name``, sorted by consumer then argument.
+
+        Example:
+            >>> graph.consumers("x")  # doctest: +SKIP
+            [Use(consumer='left', arg_index=0, out_index=0), Use(consumer='right', arg_index=0, out_index=0)]
+        """
         return sorted(
             Use(dst, data["arg_index"], data["out_index"])
             for _, dst, data in self.nx.out_edges(name, data=True)
@@ -294,7 +312,12 @@ class Graph:
         return list(dict.fromkeys(p.node for p in self.outputs))
 
     def calls_of(self, layer: Any) -> list[Node]:
-        """Every node calling the Keras object ``layer`` (several for a shared layer)."""
+        """Every node calling the Keras object ``layer`` (several for a shared layer).
+
+        Example:
+            >>> [n.name for n in graph.calls_of(model.get_layer("shared"))]  # doctest: +SKIP
+            ['shared', 'shared@1']
+        """
         return [n for n in self.topological() if n.layer is layer]
 
     def layers(self) -> list[Any]:
@@ -312,6 +335,13 @@ class Graph:
 
         Raises:
             GraphError: The name is taken or an input port does not exist.
+
+        Example:
+            >>> relu = keras.layers.ReLU(name="relu")  # doctest: +SKIP
+            >>> spec = graph.node("d").output_specs[0]  # doctest: +SKIP
+            >>> node = Node("relu", "ReLU", relu, relu.get_config(), call_args=(TensorRef(0),),
+            ...             input_specs=[spec], output_specs=[spec])  # doctest: +SKIP
+            >>> graph.add_node(node, [Port("d", 0)])  # doctest: +SKIP
         """
         if node.name in self.nx:
             raise GraphError(f"A node named {node.name!r} already exists in graph {self.name!r}.")
@@ -329,6 +359,10 @@ class Graph:
 
         Raises:
             GraphError: The node still has consumers or produces a graph output.
+
+        Example:
+            >>> graph.replace_uses(Port("relu", 0), Port("d", 0))  # doctest: +SKIP
+            >>> graph.remove_node("relu")  # doctest: +SKIP
         """
         if self.nx.out_degree(name):
             raise GraphError(
@@ -343,7 +377,11 @@ class Graph:
         self._topo_cache = None
 
     def set_inputs(self, name: str, inputs: Iterable[Port]) -> None:
-        """Reconnect the tensor arguments of ``name`` to ``inputs``, in argument order."""
+        """Reconnect the tensor arguments of ``name`` to ``inputs``, in argument order.
+
+        Example:
+            >>> graph.set_inputs("sum", [Port("right", 0), Port("left", 0)])  # doctest: +SKIP
+        """
         inputs = list(inputs)
         for port in inputs:
             self._check_port(port)
@@ -359,6 +397,10 @@ class Graph:
             old: The port whose uses move.
             new: The port that takes its place.
             exclude: Consumers that keep reading ``old`` (e.g. the new node itself when inserting).
+
+        Example:
+            >>> graph.add_node(relu_node, [Port("d", 0)])  # doctest: +SKIP
+            >>> graph.replace_uses(Port("d", 0), Port("relu", 0), exclude=["relu"])  # doctest: +SKIP
         """
         self._check_port(new)
         skip = set(exclude)
@@ -374,7 +416,12 @@ class Graph:
         self._topo_cache = None
 
     def unique_name(self, base: str) -> str:
-        """A node name starting with ``base`` that is not yet used in the graph."""
+        """A node name starting with ``base`` that is not yet used in the graph.
+
+        Example:
+            >>> graph.unique_name("dense")  # "dense" is taken  # doctest: +SKIP
+            'dense_1'
+        """
         if base not in self.nx:
             return base
         for k in itertools.count(1):
@@ -384,12 +431,21 @@ class Graph:
         raise AssertionError("unreachable")
 
     def copy(self) -> Graph:
-        """A structural copy: new networkx graph and new `Node` records, same Keras layer references."""
+        """A structural copy: new networkx graph and new `Node` records, same Keras layer references.
+
+        Each node's ``config``, ``call_kwargs``, specs and ``meta`` are shallow copies, so editing them (or
+        adding and removing nodes) in the copy leaves this graph as it was.
+
+        Example:
+            >>> trial = graph.copy()  # doctest: +SKIP
+            >>> trial.node("dense").config["units"] = 8  # doctest: +SKIP
+        """
         new = Graph(self.name)
         for name in self.topological_names():
             node = self.node(name)
             clone = dataclasses.replace(
                 node,
+                config=None if node.config is None else dict(node.config),
                 call_kwargs=dict(node.call_kwargs),
                 input_specs=list(node.input_specs),
                 output_specs=list(node.output_specs),
@@ -417,8 +473,9 @@ class Graph:
         """Check the graph's invariants; raise `GraphError` naming the first broken one.
 
         Checks: acyclic; every tensor argument connected exactly once; every edge and output refers to an
-        existing output; distinct layer objects have distinct names; inputs are `InputLayer` nodes; the
-        spec of every producer output is compatible with the spec its consumer expects.
+        existing output; distinct layer objects (inputs included) have distinct names; inputs are
+        `InputLayer` nodes; the spec of every producer output is compatible with the spec its consumer
+        expects.
 
         Example:
             >>> graph.verify()  # doctest: +SKIP
@@ -459,12 +516,13 @@ class Graph:
             if len(seen_args) != node.num_inputs:
                 missing = sorted(set(range(node.num_inputs)) - set(seen_args))
                 raise GraphError(f"Node {name!r}: tensor arguments {missing} are not connected.")
-            if node.layer is not None and not node.is_input:
+            if node.layer is not None:
                 layer_name = node.layer_name
                 other = names.setdefault(layer_name, id(node.layer))
                 if other != id(node.layer):
                     raise GraphError(
-                        f"Two different layers are named {layer_name!r}; Keras needs unique layer names."
+                        f"Two different layers (or an input and a layer) are named {layer_name!r} "
+                        f"(node {name!r}); Keras needs unique names. Rename one in its node's config."
                     )
         for name in self.inputs:
             if name not in self.nx or not self.node(name).is_input:
@@ -480,6 +538,12 @@ class Graph:
 
         Returns:
             The summary text.
+
+        Example:
+            >>> graph.summary(print_fn=print)  # doctest: +SKIP
+            Graph "diamond": 5 nodes, 5 edges
+            node   op          inputs       outputs
+            ...
         """
         rows = [("node", "op", "inputs", "outputs")]
         for node in self.topological():

@@ -170,8 +170,6 @@ def _lift_structures(name: str, inputs_struct: Any, outputs_struct: Any) -> Grap
         graph.add_node(node, [ports[id(t)] for t in tensors])
         for index, tensor in enumerate(outputs):
             ports[id(tensor)] = Port(node_name, index)
-        if node.is_input:
-            graph.inputs.append(node_name)
 
     graph.inputs = [ports[id(t)].node for t in flat_inputs]
     graph.input_structure = keras.tree.map_structure(lambda t: ports[id(t)].node, inputs_struct)

@@ -7,7 +7,10 @@ import os
 import re
 import shutil
 import subprocess
-import time
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -208,7 +211,7 @@ def keyword_or_builtin(name: str) -> bool:
 
 
 @pytest.mark.parametrize("factory", [_multi_io_dict, _multi_io_list])
-def test_multi_input_multi_output(factory) -> None:
+def test_multi_input_multi_output(factory: Callable[[], keras.Model]) -> None:
     source, rebuilt = _round_trip(factory())
     if factory is _multi_io_dict:
         assert 'inputs={"a": a, "b": b}' in source
@@ -285,14 +288,14 @@ def test_custom_registered_layer_and_lambdas() -> None:
 def test_registered_layer_not_importable_is_looked_up_by_name() -> None:
     @keras.saving.register_keras_serializable(package="codegen_local")
     class LocalScale(keras.layers.Layer):
-        def __init__(self, factor: float = 1.0, **kwargs) -> None:
+        def __init__(self, factor: float = 1.0, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.factor = factor
 
-        def call(self, inputs):
+        def call(self, inputs: Any) -> Any:
             return inputs * self.factor
 
-        def get_config(self):
+        def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "factor": self.factor}
 
     x = keras.Input((3,), name="x")
@@ -304,7 +307,7 @@ def test_registered_layer_not_importable_is_looked_up_by_name() -> None:
 
 def test_unknown_layer_gives_comment_and_clear_error() -> None:
     class Unregistered(keras.layers.Layer):
-        def call(self, inputs):
+        def call(self, inputs: Any) -> Any:
             return inputs + 1.0
 
     x = keras.Input((3,), name="x")
@@ -380,16 +383,18 @@ def test_deep_chain_generates_without_recursion() -> None:
     graph.inputs, graph.input_structure = ["x"], "x"
     graph.output_structure = rewriter.Port(previous, 0)
     graph.verify()
-    start = time.perf_counter()
-    source = rewriter.to_source(graph)
-    elapsed = time.perf_counter() - start
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)  # Python's default (importing TensorFlow raises it)
+    try:
+        source = rewriter.to_source(graph)
+    finally:
+        sys.setrecursionlimit(limit)
     ast.parse(source)
     assert source.count("= layers.Dense(4, name=") == 1500 and source.count("= layers.ReLU(name=") == 1500
     assert 'r2999 = layers.ReLU(name="r2999")(d2998)' in source
-    assert elapsed < 20.0, f"generation took {elapsed:.1f} s"
 
 
-def test_source_passes_ruff(tmp_path) -> None:
+def test_source_passes_ruff(tmp_path: Path) -> None:
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed")

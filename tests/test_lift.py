@@ -353,6 +353,11 @@ def test_embedding_mask_feeds_the_rnn() -> None:
     padded = np.array([[3, 5, 7, 0, 0], [2, 0, 0, 0, 0]], dtype="int32")
     graph, new = _round_trip(model, padded)
     assert graph.node("embed").config["mask_zero"] is True
+    # the mask is explicit: a NotEqual node on the tokens feeds the GRU's mask= argument
+    (mask_node,) = graph.nodes_of_type("NotEqual")
+    assert graph.producers(mask_node.name) == [Port("tokens", 0)]
+    assert graph.producers("gru") == [Port("embed", 0), Port(mask_node.name, 0)]
+    assert graph.node("gru").call_kwargs["mask"] == TensorRef(1)
     # the mask really survives: trailing padding changes nothing in the emitted model
     short = np.array([[3, 5, 7]], dtype="int32")
     np.testing.assert_allclose(
@@ -531,7 +536,12 @@ def test_verify_catches_duplicate_layer_names_and_bad_outputs() -> None:
     _, graph = _diamond()
     right = graph.node("right")
     right.config = {**right.config, "name": "left"}
-    with pytest.raises(GraphError, match="Two different layers are named 'left'"):
+    with pytest.raises(GraphError, match=r"Two different layers .*named 'left' \(node 'right'\)"):
+        graph.verify()
+    _, graph = _diamond()
+    relu = graph.node("relu")
+    relu.config = {**relu.config, "name": "x"}  # Keras also refuses a layer named like an input
+    with pytest.raises(GraphError, match=r"named 'x' \(node 'relu'\)"):
         graph.verify()
     _, graph = _diamond()
     graph.output_structure = Port("relu", 3)
@@ -566,7 +576,8 @@ def test_graph_copy_is_independent() -> None:
     _, graph = _diamond()
     clone = graph.copy()
     clone.node("left").meta["touched"] = True
-    assert "touched" not in graph.node("left").meta
+    clone.node("left").config["units"] = 9
+    assert "touched" not in graph.node("left").meta and graph.node("left").config["units"] == 4
     assert clone.topological_names() == graph.topological_names()
     assert clone.node("left").layer is graph.node("left").layer
     new = dataclasses.replace(clone.node("relu"), name="relu2")
