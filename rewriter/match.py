@@ -932,7 +932,8 @@ def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
 
     Args:
         model_or_graph: A `rewriter.Graph` or a Keras model.
-        pattern: Anything `find` accepts.
+        pattern: Anything `find` accepts, or a `rewriter.Rule`: then a match is also put to the rule's
+            ``check()``, and a veto's reason is part of the answer.
         at: A node name, a layer name (its first call), a `rewriter.Node`, or a Keras layer object.
 
     Returns:
@@ -947,21 +948,30 @@ def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
         it. Deepest partial match (2 of 3 pattern nodes): ReLU = 'act' (Activation) ... First failed
         constraint: node 'act' cannot be ReLU: its op is Activation, wanted ReLU.
     """
-    pat = as_pattern(pattern)
+    rule = pattern if callable(getattr(pattern, "veto", None)) else None
+    pat = as_pattern(rule.pattern if rule is not None else pattern)
     graph = _as_graph(model_or_graph)
     name = _resolve_at(graph, at)
     index = _GraphIndex(graph)
-    head = f'Pattern "{pat}"'
+    head = f'Pattern "{pat}"' if rule is None else f'Rule {rule.name!r} (pattern "{pat}")'
     node_text = f"node {name!r} ({index.op_type(name)})"
     containing = [m for m in find(graph, pat) if name in m._key[0]]
     if containing:
         m = containing[0]
         role = next((p.label() for p, g in m.bindings.items() if g == name), "a variadic input")
         more = f" ({len(containing)} matches contain it)" if len(containing) > 1 else ""
-        return (
+        text = (
             f"{head} matches with {node_text} as {role}{more}: the match anchored at {m.anchor!r} binds "
             f"{_describe_bindings(m.bindings, index, pat)}."
         )
+        if rule is None:
+            return text
+        vetoes = [(match.anchor, rule.veto(match)) for match in containing]
+        refused = [(anchor, reason) for anchor, reason in vetoes if reason]
+        if len(refused) < len(vetoes):
+            return text + " Its check() accepts the match, so the rule applies there."
+        reasons = "; ".join(f"at {anchor!r}: {reason}" for anchor, reason in refused)
+        return text + f" But the rule's check() refuses it, so the rule does not apply there ({reasons})."
     best: _Failure | None = None
     best_role = ""
     node = index.node(name)
