@@ -183,13 +183,15 @@ def replay(graph: Graph, *, share_weights: bool = False) -> Replay:
 
 
 def _new_input(node: Node) -> Any:
+    """A new ``keras.Input`` like the input node's: batch shape, dtype, name and sparse/ragged/optional."""
     config = node.config or {}
     spec = node.output_specs[0]
+    flags = {flag: True for flag in ("sparse", "ragged", "optional") if config.get(flag)}
     return keras.Input(
         batch_shape=tuple(config.get("batch_shape", spec.shape)),
         dtype=config.get("dtype", spec.dtype),
-        sparse=bool(config.get("sparse", False)),
         name=config.get("name", node.name),
+        **flags,
     )
 
 

@@ -420,6 +420,24 @@ def test_emit_keeps_the_output_structure_of_dicts() -> None:
     assert isinstance(new._inputs_struct, dict) and sorted(new._inputs_struct) == ["image", "meta"]
 
 
+class _AddIfGiven(layers.Layer):
+    """Adds its second argument when it is given (an optional model input may be None)."""
+
+    def call(self, a: Any, b: Any = None) -> Any:
+        return a if b is None else a + b
+
+
+def test_optional_input_stays_optional() -> None:
+    x = keras.Input((3,), name="x")
+    maybe = keras.Input((3,), name="maybe", optional=True)
+    model = keras.Model([x, maybe], _AddIfGiven(name="add_if_given")(x, maybe), name="optional_input")
+    new = rewriter.emit(rewriter.lift(model))
+    assert new.get_layer("maybe").get_config()["optional"] is True
+    data = np.arange(6, dtype="float32").reshape(2, 3)
+    assert np.array_equal(ops.convert_to_numpy(new([data, None])), data)
+    assert_same_outputs(model, new, [data, data])
+
+
 def test_emit_name_argument_and_error_on_unbuildable_graph() -> None:
     model = _small_model()
     graph = rewriter.lift(model)
