@@ -33,6 +33,10 @@ ActivityRegularization, Identity and ``Activation("linear")`` return their input
 the input goes straight to their consumers. A call with an explicit ``training=True`` (Monte-Carlo
 dropout) is left alone, and so is a layer whose output dtype differs from its input's (mixed precision).
 
+**fold-batchnorm-and-activation**: ``act(bn(L(x)))`` in one application (one new layer instead of two):
+the BN fold above with ``activation=act``. Its conditions (those of both steps) are part of its pattern
+(``where=``), so it never vetoes; where it does not match, the two-step rules apply and give the reasons.
+
 **fold-activation**: ``act(L(x))`` where ``L`` has ``activation="linear"`` equals ``L'(x)`` with
 ``activation=act``; standalone Activation, ReLU (plain or ``max_value=6``), LeakyReLU (slope 0.2), ELU
 (alpha 1) and Softmax (last axis) layers are expressed as activation strings.
@@ -262,9 +266,8 @@ REMOVE_LINEAR_ACTIVATION = Rule(
 _ACTIVATION_HOSTS = (*_algebra.BN_FOLDABLE_TYPES, "EinsumDense")
 
 
-def _check_activation(match: Any) -> str | None:
-    graph = match.graph
-    host, act = match.node("layer"), match.node("act")
+def _activation_problem(graph: Graph, host: Node, act: Node, feeder: Node) -> str | None:
+    """Why ``act`` (reading ``feeder``'s output) cannot become ``host``'s activation, or None."""
     if (host.config or {}).get("activation") not in (None, "linear"):
         return f"{host.name!r} already has activation {(host.config or {}).get('activation')!r}"
     if _algebra.activation_of_layer(act.op_type, act.config or {}) is None:
@@ -275,11 +278,16 @@ def _check_activation(match: Any) -> str | None:
     act_dtype = str(getattr(act.layer, "compute_dtype", act.output_specs[0].dtype))
     if host_dtype != act_dtype or host.output_specs[0].dtype != act.output_specs[0].dtype:
         return f"{host.name!r} computes in {host_dtype} and {act.name!r} in {act_dtype}"
-    if escapes(graph, host.name, act.name):
-        return f"the output of {host.name!r} is also used elsewhere"
+    if escapes(graph, feeder.name, act.name):
+        return f"the output of {feeder.name!r} is also used elsewhere"
     if is_shared(graph, host):
         return f"layer {host.layer_name!r} is shared"
     return None
+
+
+def _check_activation(match: Any) -> str | None:
+    host = match.node("layer")
+    return _activation_problem(match.graph, host, match.node("act"), host)
 
 
 def _fold_activation(match: Any, x: Any) -> Any:
@@ -289,6 +297,37 @@ def _fold_activation(match: Any, x: Any) -> Any:
     config["activation"] = _algebra.activation_of_layer(act.op_type, act.config or {})
     return call_with_weights(type(host).from_config(config), x, layer_values(host))
 
+
+def _fully_foldable(match: Any) -> bool:
+    """Whether both the BN fold and the activation fusion of ``layer -> bn -> act`` are allowed."""
+    host, bn = match.node("layer"), match.node("bn")
+    graph = match.graph
+    return _fold_problem(graph, host, bn) is None and (
+        _activation_problem(graph, host, match.node("act"), bn) is None
+    )
+
+
+def _fold_batchnorm_and_activation(match: Any, x: Any) -> Any:
+    layer, act = match["layer"], match.node("act")
+    config = _algebra.folded_config(layer.get_config())
+    config["activation"] = _algebra.activation_of_layer(act.op_type, act.config or {})
+    return call_with_weights(type(layer).from_config(config), x, _algebra.fold_batchnorm(layer, match["bn"]))
+
+
+#: ``layer -> BatchNormalization -> activation`` in one application (one new layer instead of two). Its
+#: conditions are part of the pattern (``where=``), so it never vetoes: where it does not match, the
+#: two-step rules apply and their checks give the reasons.
+FOLD_BATCHNORM_AND_ACTIVATION = Rule(
+    "fold-batchnorm-and-activation",
+    Pattern(
+        op(list(_algebra.BN_FOLDABLE_TYPES)).named("layer")
+        >> op("BatchNormalization").named("bn")
+        >> op(list(_algebra.ACTIVATION_LAYER_NAMES)).named("act"),
+        where=_fully_foldable,
+    ),
+    _fold_batchnorm_and_activation,
+    function_preserving=True,
+)
 
 FOLD_ACTIVATION = Rule(
     "fold-activation",
@@ -354,11 +393,13 @@ REMOVE_IDENTITY_RESHAPE = Rule(
 )
 
 #: The inference rule set, in priority order: no-ops first (so a Dropout between a convolution and its
-#: BatchNorm does not block the fold), then BatchNorm folds, then activation fusion, then reshapes.
+#: BatchNorm does not block the fold), then ``layer -> BN -> activation`` in one step, then BatchNorm
+#: folds, then activation fusion, then reshapes.
 RULES: RuleSet = RuleSet(
     [
         *(_noop_rule(t) for t in NOOP_TYPES),
         REMOVE_LINEAR_ACTIVATION,
+        FOLD_BATCHNORM_AND_ACTIVATION,
         *BATCHNORM_RULES,
         FOLD_ACTIVATION,
         REMOVE_IDENTITY_RESHAPE,

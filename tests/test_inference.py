@@ -67,16 +67,23 @@ def test_batchnorm_folds_into_every_linear_layer_kind(
     layer = make(bias)
     h = layer(x)
     h = layers.BatchNormalization(center=center, scale=scale, epsilon=epsilon, name="bn")(h)
-    model = keras.Model(x, layers.Activation("tanh", name="out")(h))
+    with_activation = epsilon in (1e-3, 0.3)  # the one-step rule; the others exercise the two-step folds
+    if with_activation:
+        h = layers.Activation("tanh", name="out")(h)
+    model = keras.Model(x, h)
     randomize_weights(model, seed=len(label))  # moving mean ~ N(0, 0.5), variance in [0.5, 1.5]
     bn = model.get_layer("bn")
     assert np.max(np.abs(bn.moving_mean.numpy())) > 0.05 and np.ptp(bn.moving_variance.numpy()) > 0.05
     result = _rewrite(model)
-    assert "BatchNormalization" not in _types(result.model)
+    assert _types(result.model) == ["InputLayer", type(layer).__name__]
     rules = [a.rule for a in result.applications]
-    assert rules == [f"fold-batchnorm-into-{type(layer).__name__}", "fold-activation"]
+    expected = (
+        "fold-batchnorm-and-activation" if with_activation else f"fold-batchnorm-into-{type(layer).__name__}"
+    )
+    assert rules == [expected]
     folded = result.model.get_layer(layer.name)
     assert folded.get_config()["use_bias"] is True
+    assert folded.get_config()["activation"] == ("tanh" if with_activation else "linear")
     assert _relative_error(model, result.model, random_inputs(model, seed=3)) < RTOL
 
 
@@ -347,8 +354,7 @@ def test_conv_bn_relu_becomes_one_conv() -> None:
     assert result.model.get_layer("conv").get_config()["activation"] == "relu"
     assert {a.rule for a in result.applications} == {
         "remove-Dropout",
-        "fold-batchnorm-into-Conv2D",
-        "fold-activation",
+        "fold-batchnorm-and-activation",
     }
     assert _relative_error(model, result.model, random_inputs(model, seed=0)) < RTOL
 
@@ -394,9 +400,25 @@ def test_applications_fold_every_batchnorm_and_keep_outputs(name: str) -> None:
     assert _types(result.model).count("BatchNormalization") == 0
     assert _types(result.model).count("Dropout") == 0
     assert inference.foldable_batchnorms(result.model) == []
-    assert result.counts().get("fold-activation", 0) > 0
+    assert result.counts().get("fold-batchnorm-and-activation", 0) > 0
     assert result.model.count_params() < model.count_params()
     assert _relative_error(model, result.model, random_inputs(model, seed=1)) < RTOL
+
+
+def test_one_step_fold_never_vetoes_and_leaves_refusals_to_the_two_step_rules() -> None:
+    x = keras.Input((6, 6, 2), name="x")
+    a = layers.BatchNormalization(name="bn_a")(layers.Conv2D(3, 3, name="conv_a")(x))
+    a = layers.LeakyReLU(negative_slope=0.3, name="leaky")(a)  # no activation string: BN folds, act stays
+    b = layers.BatchNormalization(name="bn_b")(layers.Conv2D(3, 3, name="conv_b")(x))
+    c = layers.ReLU(name="relu_b")(b)
+    model = keras.Model(x, [a, c, b])  # bn_b's output is also a model output: its ReLU cannot be fused
+    randomize_weights(model, seed=8)
+    result = _rewrite(model)
+    assert result.counts() == {"fold-batchnorm-into-Conv2D": 2}
+    assert not [v for v in result.vetoed if v[0] == "fold-batchnorm-and-activation"]
+    assert any(v[0] == "fold-activation" and "also used elsewhere" in v[2] for v in result.vetoed)
+    assert sorted(_types(result.model)) == ["Conv2D", "Conv2D", "InputLayer", "LeakyReLU", "ReLU"]
+    assert _relative_error(model, result.model, random_inputs(model, seed=0)) < RTOL
 
 
 def test_refusal_reasons_appear_in_the_report() -> None:
