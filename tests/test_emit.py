@@ -218,6 +218,25 @@ def test_weights_created_in_unexpected_ways_are_copied_to_the_right_place() -> N
     assert all("add_weight" not in vars(layer) for layer in new.layers), "the build hook was left behind"
 
 
+@pytest.mark.parametrize("variant", ["int8", "lora"])
+def test_quantized_and_lora_layers_round_trip(variant: str) -> None:
+    """Weights whose order or trainable flag Keras changes after the build (quantize, enable_lora)."""
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, layers.Dense(3, name="d2")(layers.Dense(4, name="d1")(x)), name=variant)
+    randomize_weights(model, seed=3)
+    if variant == "int8":
+        model.quantize("int8")  # kernels become non-trainable int8 variables listed after the bias
+    else:
+        model.get_layer("d1").enable_lora(2)  # the kernel is frozen, two trainable factors are added
+        randomize_weights(model, seed=4)
+    new = rewriter.emit(rewriter.lift(model))
+    assert [(w.path, w.dtype, w.trainable) for w in new.weights] == [
+        (w.path, w.dtype, w.trainable) for w in model.weights
+    ]
+    assert_same_weights(model, new)
+    assert_same_outputs(model, new, random_inputs(model, seed=3))
+
+
 def test_mixed_precision_model_round_trips() -> None:
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
