@@ -40,8 +40,8 @@ def lift(model: keras.Model, *, inline_nested: bool = False) -> Graph:
         The graph. It refers to the model's layers but never changes them.
 
     Raises:
-        LiftError: The model is a subclassed model whose ``call()`` is Python code, or a Sequential model
-            that was never built.
+        LiftError: ``model`` is not a ``keras.Model``, is a subclassed model whose ``call()`` is Python
+            code, or is a Sequential model without a known input shape (the message says what to do).
 
     Example:
         >>> graph = rewriter.lift(keras.applications.MobileNetV2(weights=None))  # doctest: +SKIP
