@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import keras
+import networkx as nx
 import numpy as np
 import pytest
 from keras import layers, ops
@@ -221,6 +222,7 @@ def test_ops_add_of_the_same_tensor_keeps_both_edges() -> None:
     model = keras.Model(x, ops.add(h, h))
     graph, _ = _round_trip(model)
     (add,) = graph.nodes_of_type("Add")
+    assert isinstance(graph.nx, nx.MultiDiGraph) and graph.nx.number_of_edges("h", add.name) == 2
     edges = graph.nx.get_edge_data("h", add.name)
     assert len(edges) == 2
     assert sorted(data["arg_index"] for data in edges.values()) == [0, 1]
