@@ -1,8 +1,13 @@
 """Patterns by example: write the subgraph with the Keras functional API, get a `rewriter.Pattern`.
 
+>>> import rewriter
+>>> from keras import layers
 >>> def conv_pool(x):
 ...     return layers.MaxPooling2D()(layers.Conv2D(32, 3)(x))
->>> pattern = rewriter.pattern_from_example(conv_pool)  # doctest: +SKIP
+>>> pattern = rewriter.pattern_from_example(conv_pool)
+>>> text = "_c:Conv2D(filters=32, kernel_size=(3, 3)); [$x] -> _c; [_c] -> MaxPooling2D"
+>>> pattern == rewriter.parse_pattern(text)
+True
 
 How it works:
 
@@ -37,7 +42,10 @@ Example:
     >>> def residual(x):
     ...     y = layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same", name="conv")(x))
     ...     return ops.add(x, y)
-    >>> pattern = pattern_from_example(residual, (8, 8, 16))  # doctest: +SKIP
+    >>> pattern = pattern_from_example(residual, (8, 8, 16))
+    >>> print(pattern)
+    conv:Conv2D(filters=16, kernel_size=(3, 3), padding='same'); _0:BatchNormalization; _1:Add;
+    [$x] -> conv; [conv] -> _0; [$x, _0] -> _1
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ expected; `parse_pattern` then builds the `rewriter.Pattern`.
 
 Example:
     >>> import rewriter
-    >>> pattern = rewriter.parse_pattern("c:Conv2D(padding='same') -> BatchNormalization")  # doctest: +SKIP
+    >>> pattern = rewriter.parse_pattern("c:Conv2D(padding='same') -> BatchNormalization")
+    >>> conv = rewriter.op("Conv2D", padding="same").named("c")
+    >>> pattern == rewriter.Pattern(conv >> rewriter.op("BatchNormalization"))
+    True
     >>> syntax = parse_syntax("x:Conv2D; [x, x] -> Add")
     >>> [len(chain.elements) for chain in syntax.chains]
     [1, 2]
@@ -1035,24 +1038,24 @@ class _Builder:
         if syntax.is_wildcard:
             return any_op(**constraints)
         class_name = syntax.name.rsplit(".", 1)[-1]
-        if class_name not in known_op_names():
-            raise self.error(self._unknown(class_name, names), syntax.line, syntax.column)
-        return self._guard(lambda: op(class_name, **constraints), syntax)
-
-    def _unknown(self, name: str, names: Mapping[str, Any]) -> str:
-        captures = sorted(n for n in names if not n.startswith("_"))
         try:
-            op(name)
+            return op(class_name, **constraints)  # resolves the class name (unknown: close names)
         except PatternError as error:
-            message = str(error)
-        else:  # pragma: no cover - known after a rescan
-            return f"Unknown name {name!r}"
-        close_captures = difflib.get_close_matches(name, captures, n=2, cutoff=0.6)
-        if close_captures:
-            message += f" Or did you mean the capture {' or '.join(repr(c) for c in close_captures)}?"
-        elif captures and name[:1].islower():
-            message += f" (It is not a capture of this pattern either; captures: {', '.join(captures)}.)"
-        return message.rstrip(".")
+            message = str(error).rstrip(".")
+            if "Unknown op class name" in message:
+                message += self._capture_hint(class_name, names)
+            raise self.error(message, syntax.line, syntax.column) from None
+
+    @staticmethod
+    def _capture_hint(name: str, names: Mapping[str, Any]) -> str:
+        """For an unknown name: the closest capture names of the pattern, if it looks like one."""
+        captures = sorted(n for n in names if not n.startswith("_"))
+        close = difflib.get_close_matches(name, captures, n=2, cutoff=0.6)
+        if close:
+            return f". Or did you mean the capture {' or '.join(repr(c) for c in close)}?"
+        if captures and name[:1].islower():
+            return f" (it is not a capture of this pattern either; captures: {', '.join(captures)})"
+        return ""
 
     def _tensor(self, syntax: TensorSyntax) -> TensorPattern:
         if syntax.name is None:

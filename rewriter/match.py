@@ -7,8 +7,9 @@ at its argument position (any injective order for commutative ops), a chained fe
 one of the distinct producers, ``each(...)`` checks every producer. A value has one producer but many
 consumers, so walking back keeps the branching small. Further sinks are reached by walking *forward* from
 an already bound node along the pattern path to the sink (or, for a disconnected sink, from the op index).
-Search is depth-first with backtracking over the *pattern* (recursion depth bounded by the pattern's
-size, never by the graph's depth); for a fixed pattern the cost grows linearly with the graph.
+Search is depth-first with backtracking over the *pattern*, on an explicit stack of steps: no recursion,
+neither over the graph's depth nor over the pattern's size. For a fixed pattern the cost grows linearly
+with the graph.
 
 Semantics: distinct pattern nodes bind distinct graph nodes (a monomorphism: extra edges in the graph are
 allowed). Optional nodes are tried present first; the absent alternative (the edge passing straight
@@ -19,19 +20,22 @@ nodes and pattern edges (a commutative list matched in two orders, a symmetric p
 Failures are values: every rejected step records *why* (``_Failure``). `explain` reruns the search from one
 node and reports the deepest partial match and the first constraint that failed there.
 
+The examples in this module's docstrings use ``graph`` and ``model``, the three-layer model built here.
+
 Example:
     >>> import keras
     >>> import rewriter
     >>> from rewriter import op
-    >>> x = keras.Input((8, 8, 3))
+    >>> x = keras.Input((8, 8, 3), name="x")
     >>> y = keras.layers.ReLU(name="act")(keras.layers.BatchNormalization(name="bn")(
     ...     keras.layers.Conv2D(4, 3, name="conv")(x)))
-    >>> graph = rewriter.lift(keras.Model(x, y))
+    >>> model = keras.Model(x, y)
+    >>> graph = rewriter.lift(model)
     >>> [m.captures for m in rewriter.find(graph, op("Conv2D").named("c") >> op("BatchNormalization"))]
     [{'c': 'conv'}]
-    >>> m = rewriter.find(graph, "Conv2D -> BatchNormalization -> ReLU")[0]  # doctest: +SKIP
-    >>> m.nodes, m.inputs, m.outputs  # doctest: +SKIP
-    (['conv', 'bn', 'act'], [Port(node='input_layer', index=0)], [Port(node='act', index=0)])
+    >>> m = rewriter.find(graph, "Conv2D -> BatchNormalization -> ReLU")[0]
+    >>> m.nodes, m.inputs, m.outputs
+    (['conv', 'bn', 'act'], [Port(node='x', index=0)], [Port(node='act', index=0)])
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import dataclasses
 import difflib
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rewriter.errors import MatchError, PatternError
@@ -207,9 +211,9 @@ class Match:
         bindings: Every present pattern node (`OpPattern`, by identity) -> graph node name.
 
     Example:
-        >>> m = rewriter.find(graph, op("Conv2D").named("c") >> op("ReLU"))[0]  # doctest: +SKIP
-        >>> m["c"].filters, m.captures, m.nodes  # doctest: +SKIP
-        (4, {'c': 'conv'}, ['conv', 'act'])
+        >>> m = rewriter.find(graph, op("Conv2D").named("c") >> op("BatchNormalization"))[0]
+        >>> m["c"].filters, m.captures, m.nodes, m.escaping
+        (4, {'c': 'conv'}, ['conv', 'bn'], [])
     """
 
     def __init__(
@@ -346,6 +350,8 @@ class _Failure:
 
 
 _Tasks = Any  # a persistent stack: None or (task, rest)
+_Slot = tuple[int, bool]  # (argument position, whether the input list is matched in order)
+_DONE = object()  # end of a search step
 
 
 class _StopSearch(Exception):
@@ -400,8 +406,12 @@ class _Search:
             tasks = (("sink", sink), tasks)
         if anchor_candidates is None:
             tasks = (("sink", self.sinks[0]), tasks)
+            for p in reversed(list(self.bind)):  # prebound nodes: walk back from them first
+                if p not in self.expanded:
+                    self.expanded.add(p)
+                    tasks = (("expand", p), tasks)
         else:
-            tasks = (("bind", self.sinks[0], anchor_candidates, None, True), tasks)
+            tasks = (("bind", self.sinks[0], anchor_candidates, None, True, None), tasks)
         self.results = []
         self.limit = limit
         try:
@@ -420,23 +430,44 @@ class _Search:
     # ------------------------------------------------------------- steps
 
     def _solve(self, tasks: _Tasks) -> None:
+        """Solve a task stack depth-first, on an explicit stack of steps (no recursion at all).
+
+        Each step is a generator: it binds something, yields the task stack to solve with that binding,
+        and undoes the binding when resumed (the yielded stack has been fully explored by then).
+        """
+        steps: list[Iterator[_Tasks]] = [self._step(tasks)]
+        push, pop = steps.append, steps.pop
+        while steps:
+            nxt = next(steps[-1], _DONE)
+            if nxt is _DONE:
+                pop()
+            else:
+                push(self._step(nxt))
+
+    def _step(self, tasks: _Tasks) -> Iterator[_Tasks]:
         if tasks is None:
             self._complete()
-            return
+            return iter(())
         task, rest = tasks
         kind = task[0]
         if kind == "bind":
-            self._bind(task[1], task[2], task[3], task[4], rest)
-        elif kind == "expand":
-            self._expand(task[1], rest)
-        elif kind == "tensor":
-            self._tensor(task[1], task[2], rest)
-        else:
-            self._sink(task[1], rest)
+            return self._bind(task[1], task[2], task[3], task[4], task[5], rest)
+        if kind == "expand":
+            return self._expand(task[1], rest)
+        if kind == "tensor":
+            return self._tensor(task[1], task[2], rest)
+        return self._sink(task[1], rest)
 
     def _bind(
-        self, p: OpPattern, candidates: list[str], consumer: str | None, is_sink: bool, rest: _Tasks
-    ) -> None:
+        self,
+        p: OpPattern,
+        candidates: list[str],
+        consumer: str | None,
+        is_sink: bool,
+        slot: _Slot | None,
+        rest: _Tasks,
+    ) -> Iterator[_Tasks]:
+        """Bind ``p`` to each fitting candidate in turn (``slot``: the list position it fills, if any)."""
         found = False
         bound = self.bind.get(p)
         if bound is not None:
@@ -449,7 +480,7 @@ class _Search:
                     self.expanded.add(p)
                     nxt = (("expand", p), rest)
                 before = len(self.results)
-                self._solve(nxt)
+                yield nxt
                 found = found or len(self.results) > before
                 if p in self.expanded and nxt is not rest:
                     self.expanded.discard(p)
@@ -467,7 +498,7 @@ class _Search:
         for cand in candidates:
             if simple is not None and op_of[cand] not in simple:
                 if record:
-                    self._fail(f"node {cand!r} cannot be {p.label()}: {p.local_failure(index.node(cand))}")
+                    self._fail(self._misfit(p, cand, p.local_failure(index.node(cand)), consumer, slot))
                 continue
             owner = self.used.get(cand, False)
             if owner is not False:
@@ -479,7 +510,7 @@ class _Search:
                 reason = p.local_failure(node_data[cand]["node"])
                 if reason is not None:
                     if record:
-                        self._fail(f"node {cand!r} cannot be {p.label()}: {reason}")
+                        self._fail(self._misfit(p, cand, reason, consumer, slot))
                     continue
             self.bind[p] = cand
             self.used[cand] = p
@@ -487,7 +518,7 @@ class _Search:
             if consumer is not None:
                 self.edges.append((cand, consumer))
             before = len(self.results)
-            self._solve((("expand", p), rest))
+            yield (("expand", p), rest)
             found = found or len(self.results) > before
             if consumer is not None:
                 self.edges.pop()
@@ -499,40 +530,65 @@ class _Search:
         if p.is_optional and not is_sink and not found:
             self.absent.add(p)
             ins = p.inputs
-            nxt = (("bind", ins[0], candidates, consumer, False), rest) if ins else rest
-            self._solve(nxt)
+            nxt = (("bind", ins[0], candidates, consumer, False, slot), rest) if ins else rest
+            yield nxt
             self.absent.discard(p)
 
-    def _expand(self, p: OpPattern, rest: _Tasks) -> None:
+    def _misfit(
+        self, p: OpPattern, cand: str, reason: str | None, consumer: str | None, slot: _Slot | None
+    ) -> str:
+        """The failure text for graph node ``cand`` not fitting pattern node ``p``."""
+        if slot is None or consumer is None:
+            return f"node {cand!r} cannot be {p.label()}: {reason}"
+        position, ordered = slot
+        text = f"input {position} of {consumer!r} is {cand!r}, which cannot be {p.label()}: {reason}"
+        if ordered:
+            ports = self.index.producers(consumer)
+            fits = [
+                f"input {k} ({port.node!r})"
+                for k, port in enumerate(ports)
+                if k != position and p.local_failure(self.index.node(port.node)) is None
+            ]
+            if fits:
+                text += (
+                    f" ({' and '.join(fits)} would fit {p.label()}, but the input list is matched in order: "
+                    f"{self.index.op_type(consumer)} is not commutative)"
+                )
+        return text
+
+    def _expand(self, p: OpPattern, rest: _Tasks) -> Iterator[_Tasks]:
         g = self.bind[p]
         mode = p.input_mode
         if mode == "free":
             if not p.feeders:
-                self._solve(rest)
+                yield rest
                 return
             producers = self.index.producer_nodes(g)
             tasks = rest
             for feeder in reversed(p.feeders):
-                tasks = (("bind", feeder, producers, g, False), tasks)
-            self._solve(tasks)
+                tasks = (("bind", feeder, producers, g, False, None), tasks)
+            yield tasks
         elif mode == "list":
-            self._expand_list(p, g, rest)
+            yield from self._expand_list(p, g, rest)
         else:
-            self._expand_each(p, g, rest)
+            yield from self._expand_each(p, g, rest)
 
-    def _expand_list(self, p: OpPattern, g: str, rest: _Tasks) -> None:
+    def _expand_list(self, p: OpPattern, g: str, rest: _Tasks) -> Iterator[_Tasks]:
         ports = self.index.producers(g)
         items = p.input_list
         n = len(items)
         if len(ports) < n or (len(ports) > n and not p.open_ended):
             wanted = f"at least {n}" if p.open_ended else str(n)
+            hint = ""
+            if len(ports) > n:
+                hint = " (end the list with ... to allow more inputs, or use each(...) for any number)"
             self._fail(
                 f"node {g!r} ({self.index.op_type(g)}) has {len(ports)} input(s), "
-                f"the input list of {p.label()} wants {wanted}"
+                f"the input list of {p.label()} wants {wanted}{hint}"
             )
             return
         if not p.is_commutative_for(self.index.op_type(g)):
-            self._solve(self._list_tasks(items, [ports[i] for i in range(n)], g, rest))
+            yield self._list_tasks(items, ports, range(n), g, rest, ordered=True)
             return
         compatible = [[j for j in range(len(ports)) if self._may_take(item, ports[j])] for item in items]
         for i, options in enumerate(compatible):
@@ -543,7 +599,7 @@ class _Search:
                 )
                 return
         for choice in _injective_assignments(items, compatible):
-            self._solve(self._list_tasks(items, [ports[j] for j in choice], g, rest))
+            yield self._list_tasks(items, ports, choice, g, rest, ordered=False)
 
     def _may_take(self, item: OpPattern | TensorPattern, port: Port) -> bool:
         if isinstance(item, TensorPattern):
@@ -557,17 +613,25 @@ class _Search:
 
     @staticmethod
     def _list_tasks(
-        items: list[OpPattern | TensorPattern], ports: list[Port], g: str, rest: _Tasks
+        items: list[OpPattern | TensorPattern],
+        ports: list[Port],
+        positions: Sequence[int],
+        g: str,
+        rest: _Tasks,
+        *,
+        ordered: bool,
     ) -> _Tasks:
+        """Tasks binding item ``i`` to the producer at argument position ``positions[i]``."""
         tasks = rest
-        for item, port in zip(reversed(items), reversed(ports)):
+        for item, position in zip(reversed(items), reversed(positions)):
+            port = ports[position]
             if isinstance(item, TensorPattern):
                 tasks = (("tensor", item, port), tasks)
             else:
-                tasks = (("bind", item, [port.node], g, False), tasks)
+                tasks = (("bind", item, [port.node], g, False, (position, ordered)), tasks)
         return tasks
 
-    def _expand_each(self, p: OpPattern, g: str, rest: _Tasks) -> None:
+    def _expand_each(self, p: OpPattern, g: str, rest: _Tasks) -> Iterator[_Tasks]:
         assert p.each is not None
         ports = self.index.producers(g)
         spec = p.each
@@ -584,7 +648,7 @@ class _Search:
                 if reason is not None:
                     self._fail(f"input {_port_text(port)} of {g!r}: {reason}")
                     return
-            self._solve(rest)
+            yield rest
             return
         added: list[str] = []
         ok = True
@@ -606,7 +670,7 @@ class _Search:
         if ok:
             self.extras.extend(added)
             self.edges.extend((name, g) for name in added)
-            self._solve(rest)
+            yield rest
             del self.edges[len(self.edges) - len(added) :]
             del self.extras[len(self.extras) - len(added) :]
         for name in added:
@@ -625,7 +689,7 @@ class _Search:
                     return f"tensor {item.describe()}: {reason.replace('output 0', 'the tensor')}"
         return None
 
-    def _tensor(self, item: TensorPattern, port: Port, rest: _Tasks) -> None:
+    def _tensor(self, item: TensorPattern, port: Port, rest: _Tasks) -> Iterator[_Tasks]:
         reason = self._tensor_failure(item, port)
         if reason is not None:
             self._fail(reason)
@@ -633,19 +697,19 @@ class _Search:
         fresh = item.name is not None and item not in self.tensors  # anonymous tensors bind nothing
         if fresh:
             self.tensors[item] = port
-        self._solve(rest)
+        yield rest
         if fresh:
             del self.tensors[item]
 
-    def _sink(self, sink: OpPattern, rest: _Tasks) -> None:
+    def _sink(self, sink: OpPattern, rest: _Tasks) -> Iterator[_Tasks]:
         if sink in self.bind and sink in self.expanded:
-            self._solve(rest)
+            yield rest
             return
         if sink in self.bind:  # prebound (explain): reach it through a bind task
-            self._bind(sink, [self.bind[sink]], None, True, rest)
+            yield from self._bind(sink, [self.bind[sink]], None, True, None, rest)
             return
         candidates = self._forward_candidates(sink)
-        self._bind(sink, candidates, None, True, rest)
+        yield from self._bind(sink, candidates, None, True, None, rest)
 
     def _forward_candidates(self, sink: OpPattern) -> list[str]:
         """Candidates for a sink not yet bound: walk forward from a bound ancestor, else the op index."""
@@ -740,7 +804,7 @@ def _injective_assignments(
 
     Interchangeable items (the same object listed twice, or unconstrained anonymous `tensor()` items)
     take their positions in increasing order only, so ``[tensor()] * 10`` gives one assignment, not 10!.
-    Recursion depth is the number of items (the pattern's size).
+    Backtracking on an explicit cursor per item (no recursion).
     """
     groups: list[object] = []
     for item in items:
@@ -748,24 +812,37 @@ def _injective_assignments(
             groups.append("free tensor")
         else:
             groups.append(id(item))
+    count = len(items)
+    if count == 0:
+        yield ()
+        return
     chosen: list[int] = []
     used: set[int] = set()
-
-    def extend(i: int) -> Iterator[tuple[int, ...]]:
-        if i == len(items):
+    cursor = [0] * count
+    level = 0
+    while True:
+        if level == count:
             yield tuple(chosen)
+            level -= 1
+            used.discard(chosen.pop())
+            continue
+        options = compatible[level]
+        floor = max((chosen[k] for k in range(level) if groups[k] == groups[level]), default=-1)
+        i = cursor[level]
+        while i < len(options) and (options[i] in used or options[i] <= floor):
+            i += 1
+        if i < len(options):
+            cursor[level] = i + 1
+            chosen.append(options[i])
+            used.add(options[i])
+            level += 1
+            if level < count:
+                cursor[level] = 0
+        elif level == 0:
             return
-        floor = max((chosen[k] for k in range(i) if groups[k] == groups[i]), default=-1)
-        for j in compatible[i]:
-            if j in used or j <= floor:
-                continue
-            chosen.append(j)
-            used.add(j)
-            yield from extend(i + 1)
-            used.discard(j)
-            chosen.pop()
-
-    return extend(0)
+        else:
+            level -= 1
+            used.discard(chosen.pop())
 
 
 def _item_label(item: OpPattern | TensorPattern) -> str:
@@ -847,6 +924,15 @@ def _as_graph(model_or_graph: Any) -> Graph:
     return lift(model_or_graph)
 
 
+def _anchor_names(anchors: Any) -> list[str]:
+    if isinstance(anchors, str) or not isinstance(anchors, Iterable):
+        raise MatchError(
+            "find(anchors=...) takes an iterable of node names, e.g. anchors=['conv1']. "
+            f"Received: {anchors!r}."
+        )
+    return list(anchors)
+
+
 def find(model_or_graph: Any, pattern: PatternLike, *, anchors: Iterable[str] | None = None) -> list[Match]:
     """Every match of ``pattern`` in a model or graph, in topological order of their anchors.
 
@@ -861,16 +947,19 @@ def find(model_or_graph: Any, pattern: PatternLike, *, anchors: Iterable[str] | 
 
     Raises:
         PatternError: The pattern is malformed, or its ``where=`` predicate raised.
+        MatchError: ``anchors`` is not an iterable of names.
 
     Example:
-        >>> matches = rewriter.find(model, op("Conv2D") >> op("BatchNormalization"))  # doctest: +SKIP
-        >>> [m.nodes for m in matches]  # doctest: +SKIP
-        [['conv1', 'bn1'], ['conv2', 'bn2']]
+        >>> matches = rewriter.find(model, op("Conv2D") >> op("BatchNormalization"))
+        >>> [m.nodes for m in matches]
+        [['conv', 'bn']]
+        >>> rewriter.find(model, "BatchNormalization -> (ReLU | ELU)")
+        [<Match at 'act': bn, act>]
     """
     pat = as_pattern(pattern)
     graph = _as_graph(model_or_graph)
     index = _GraphIndex(graph)
-    anchor_set = None if anchors is None else {a for a in anchors if a in index}
+    anchor_set = None if anchors is None else {a for a in _anchor_names(anchors) if a in index}
     found: list[Match] = []
     seen: set[Any] = set()
     variants = _variants(pat)
@@ -928,7 +1017,10 @@ def _describe_bindings(bindings: dict[OpPattern, str], index: _GraphIndex, patte
 def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
     """Why ``pattern`` does (not) match at ``at``: the deepest partial match and the first failed constraint.
 
-    The node is tried as the pattern's anchor (first sink) and as every other pattern node it fits.
+    The node is tried as the pattern's anchor (first sink) and as every other pattern node it fits. When
+    its op type fits a pattern node but its own config, outputs or predicate do not, that is the answer
+    (with whether the rest of the pattern would match around it). When the pattern does match there, the
+    paragraph says as what, and which interior outputs are also used outside the match.
 
     Args:
         model_or_graph: A `rewriter.Graph` or a Keras model.
@@ -941,12 +1033,15 @@ def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
 
     Raises:
         MatchError: ``at`` is not in the graph.
+        PatternError: The pattern is malformed.
 
     Example:
-        >>> print(rewriter.explain(model, "Conv2D -> BatchNormalization -> ReLU", at="bn1"))  # doctest: +SKIP
-        Pattern "Conv2D -> BatchNormalization -> ReLU" does not match with node 'bn1' (BatchNormalization) in
-        it. Deepest partial match (2 of 3 pattern nodes): ReLU = 'act' (Activation) ... First failed
-        constraint: node 'act' cannot be ReLU: its op is Activation, wanted ReLU.
+        >>> print(rewriter.explain(model, "Conv2D -> BatchNormalization -> Activation", at="bn"))
+        Pattern "Conv2D -> BatchNormalization -> Activation" does not match with node 'bn'
+        (BatchNormalization) in it. Deepest partial match (2 of 3 pattern nodes, trying 'bn' as
+        BatchNormalization): Conv2D = 'conv' (Conv2D), BatchNormalization = 'bn' (BatchNormalization).
+        First failed constraint there: walking forward from 'bn' as BatchNormalization, no consumer can be
+        Activation ('act': its op is ReLU, wanted Activation).
     """
     rule = pattern if callable(getattr(pattern, "veto", None)) else None
     pat = as_pattern(rule.pattern if rule is not None else pattern)
@@ -957,29 +1052,29 @@ def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
     node_text = f"node {name!r} ({index.op_type(name)})"
     containing = [m for m in find(graph, pat) if name in m._key[0]]
     if containing:
-        m = containing[0]
-        role = next((p.label() for p, g in m.bindings.items() if g == name), "a variadic input")
-        more = f" ({len(containing)} matches contain it)" if len(containing) > 1 else ""
-        text = (
-            f"{head} matches with {node_text} as {role}{more}: the match anchored at {m.anchor!r} binds "
-            f"{_describe_bindings(m.bindings, index, pat)}."
-        )
-        if rule is None:
-            return text
-        vetoes = [(match.anchor, rule.veto(match)) for match in containing]
-        refused = [(anchor, reason) for anchor, reason in vetoes if reason]
-        if len(refused) < len(vetoes):
-            return text + " Its check() accepts the match, so the rule applies there."
-        reasons = "; ".join(f"at {anchor!r}: {reason}" for anchor, reason in refused)
-        return text + f" But the rule's check() refuses it, so the rule does not apply there ({reasons})."
-    best: _Failure | None = None
-    best_role = ""
+        return _explain_match(head, node_text, name, containing, rule, index, pat)
     node = index.node(name)
     roles = [p for p in pat.nodes if p.local_failure(node) is None]
-    anchor_reason = pat.anchor.local_failure(node)
+    near = [p for p in pat.nodes if p not in roles and any(choice.accepts_type(node) for choice in p.choices)]
+    if not roles and not near:
+        kinds = sorted({c.op_name or "_" for p in pat.nodes for c in p.choices})
+        return (
+            f"{head} does not match with {node_text} in it: no pattern node can be {name!r}, whose op "
+            f"{index.op_type(name)} is none of the pattern's ops ({', '.join(kinds)})."
+        )
+    own = " ".join(
+        f"As {p.label()}, {name!r} fails its own constraint: {p.local_failure(node)}." for p in near
+    )
+    if not roles:
+        return (
+            f"{head} does not match with {node_text} in it. {own} {_explain_relaxed(index, pat, near, name)}"
+        )
+    best: _Failure | None = None
+    best_role = ""
     for variant in _variants(pat):
         tries: list[tuple[OpPattern, dict[OpPattern, str] | None, list[str] | None]] = []
-        tries.append((variant.sinks[0], None, [name]))
+        if variant.sinks[0] in roles:
+            tries.append((variant.sinks[0], None, [name]))
         tries.extend(
             (p, {p: name}, None) for p in roles if p is not variant.sinks[0] and p not in variant.absent
         )
@@ -989,14 +1084,100 @@ def explain(model_or_graph: Any, pattern: PatternLike, *, at: Any) -> str:
             failure = search.failure
             if failure is not None and (best is None or failure.depth > best.depth):
                 best, best_role = failure, role.label()
-    total = len(pat.nodes)
     if best is None:
-        return (
-            f"{head} does not match with {node_text} in it, and no partial match was found "
-            f"(as the anchor {pat.anchor.label()}: {anchor_reason or 'no further constraint failed'})."
+        text = f"{head} does not match with {node_text} in it, and no partial match was found."
+    else:
+        text = (
+            f"{head} does not match with {node_text} in it. Deepest partial match ({best.depth} of "
+            f"{len(pat.nodes)} pattern nodes, trying {name!r} as {best_role}): "
+            f"{_describe_bindings(best.bindings, index, pat)}. First failed constraint there: {best.reason}."
         )
+    return f"{text} {own}" if own else text
+
+
+def _explain_match(
+    head: str,
+    node_text: str,
+    name: str,
+    containing: list[Match],
+    rule: Any,
+    index: _GraphIndex,
+    pattern: Pattern,
+) -> str:
+    """The `explain` paragraph when matches contain the node (and the rule's verdict on them)."""
+    m = containing[0]
+    role = next((p.label() for p, g in m.bindings.items() if g == name), "a variadic input")
+    more = f" ({len(containing)} matches contain it)" if len(containing) > 1 else ""
+    text = (
+        f"{head} matches with {node_text} as {role}{more}: the match anchored at {m.anchor!r} binds "
+        f"{_describe_bindings(m.bindings, index, pattern)}."
+    )
+    absent = [p for p in pattern.nodes if p.is_optional and p not in m.bindings]
+    text += "".join(f" {_absent_reason(p, m, index, pattern)}." for p in absent)
+    escaping = m.escaping
+    if escaping:
+        inside = m._key[0]
+        users = sorted({u.consumer for port in escaping for u in m.graph.uses(port)} - inside)
+        outputs = [port for port in escaping if port in set(m.graph.outputs)]
+        where = [f"by {', '.join(map(repr, users))}"] if users else []
+        where += ["as a model output"] if outputs else []
+        text += (
+            f" Interior output(s) {', '.join(_port_text(p) for p in escaping)} are also used outside the "
+            f"match ({' and '.join(where)}): a rewrite of this match must keep providing them."
+        )
+    if rule is None:
+        return text
+    vetoes = [(match.anchor, rule.veto(match)) for match in containing]
+    refused = [(anchor, reason) for anchor, reason in vetoes if reason]
+    if len(refused) < len(vetoes):
+        return text + " Its check() accepts the match, so the rule applies there."
+    reasons = "; ".join(f"at {anchor!r}: {reason}" for anchor, reason in refused)
+    return text + f" But the rule's check() refuses it, so the rule does not apply there ({reasons})."
+
+
+def _absent_reason(p: OpPattern, match: Match, index: _GraphIndex, pattern: Pattern) -> str:
+    """Why optional node ``p`` is absent from ``match``: its neighbours and what the candidates lack."""
+    text = f"Optional node {p.label()} is absent from this match"
+    feeder = next((item for item in p.inputs if isinstance(item, OpPattern)), None)
+    consumer = next(iter(pattern.consumers_of(p)), None)
+    before = match.bindings.get(feeder) if feeder is not None else None
+    after = match.bindings.get(consumer) if consumer is not None else None
+    if before is not None and after is not None:
+        return f"{text}: {before!r} feeds {after!r} directly"
+    if before is not None:
+        neighbours, relation, kind = index.consumer_nodes(before), f"consumer of {before!r}", "consumers"
+    elif after is not None:
+        neighbours, relation, kind = index.producer_nodes(after), f"input of {after!r}", "inputs"
+    else:
+        return text
+    if not neighbours:
+        return f"{text}: {(before or after)!r} has no {kind}"
+    inside = match._key[0]
+    reasons = [
+        f"{n!r}: {'it is already in the match' if n in inside else p.local_failure(index.node(n))}"
+        for n in neighbours
+    ]
+    shown = "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else "")
+    return f"{text}: no {relation} can be it ({shown})"
+
+
+def _explain_relaxed(index: _GraphIndex, pattern: Pattern, near: list[OpPattern], name: str) -> str:
+    """Whether the rest of the pattern matches around ``name`` taken as a ``near`` node anyway."""
+    best: _Failure | None = None
+    for p in near:
+        for variant in _variants(pattern):
+            if p in variant.absent:
+                continue
+            search = _Search(index, pattern, variant.sinks, variant.absent, prebound={p: name}, record=True)
+            found = search.run(None if p is not variant.sinks[0] else [name], limit=1)
+            if found:
+                bound = _describe_bindings(found[0].bindings, index, pattern)
+                return f"Apart from that, the rest of the pattern matches around it: {bound}."
+            if search.failure is not None and (best is None or search.failure.depth > best.depth):
+                best = search.failure
+    if best is None:
+        return "The rest of the pattern does not match around it either."
     return (
-        f"{head} does not match with {node_text} in it. Deepest partial match ({best.depth} of {total} "
-        f"pattern nodes, trying {name!r} as {best_role}): {_describe_bindings(best.bindings, index, pat)}. "
-        f"First failed constraint there: {best.reason}."
+        f"The rest of the pattern does not match around it either: deepest partial match "
+        f"{_describe_bindings(best.bindings, index, pattern)}, then {best.reason}."
     )

@@ -296,6 +296,19 @@ class OpChoice:
     op: str | type | None
     config: Mapping[str, ValueConstraint] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not (self.op is None or isinstance(self.op, (str, type))):
+            raise PatternError(
+                f"An op choice's op must be a class name, a class or None (any op). Received: {self.op!r}."
+            )
+        if not isinstance(self.config, Mapping) or not all(
+            isinstance(key, str) and isinstance(c, ValueConstraint) for key, c in self.config.items()
+        ):
+            raise PatternError(
+                "An op choice's config must map config names to value constraints (Equals, OneOf, "
+                f"Predicate, Anything); op(...) builds them from plain values. Received: {self.config!r}."
+            )
+
     @property
     def op_name(self) -> str | None:
         """The class name (``None`` for the wildcard)."""
@@ -359,6 +372,33 @@ class OutputConstraint:
     shape: tuple[int | None, ...] | ValueConstraint | None = None
     dtype: str | ValueConstraint | None = None
 
+    def __post_init__(self) -> None:
+        def is_count(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        def is_constraint(value: Any) -> bool:
+            return isinstance(value, ValueConstraint) or (callable(value) and not isinstance(value, type))
+
+        problems = []
+        if not is_count(self.index):
+            problems.append(f"index={self.index!r} (an int >= 0)")
+        if self.rank is not None and not (is_count(self.rank) or is_constraint(self.rank)):
+            problems.append(f"rank={self.rank!r} (an int >= 0, one_of(...) or a predicate)")
+        if self.shape is not None and not is_constraint(self.shape):
+            dims = self.shape
+            if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
+                problems.append(f"shape={dims!r} (a tuple of ints and None)")
+            elif not all(d is None or is_count(d) for d in dims):
+                problems.append(f"shape={dims!r} (ints >= 0, or None for any size)")
+        if self.dtype is not None and not (isinstance(self.dtype, str) or is_constraint(self.dtype)):
+            problems.append(f"dtype={self.dtype!r} (a dtype name such as 'float32')")
+        if problems:
+            raise PatternError(
+                "Malformed output constraint: "
+                + "; ".join(problems)
+                + ". Example: .output(rank=4, shape=(None, None, None, 64), dtype='float32')."
+            )
+
     def failure(self, spec: TensorSpec) -> str | None:
         """Why ``spec`` violates the constraint, or ``None``."""
         if self.rank is not None and not _as_constraint(self.rank).check(spec.rank):
@@ -384,6 +424,13 @@ class OutputConstraint:
             if value is not None:
                 parts.append(f"{key}={_describe(value)}")
         return "output(" + ", ".join(parts) + ")"
+
+
+def _shape_arg(shape: Any) -> Any:
+    """A shape given as a list becomes a tuple; anything else is left for `OutputConstraint` to check."""
+    if isinstance(shape, Sequence) and not isinstance(shape, (str, bytes)):
+        return tuple(shape)
+    return shape
 
 
 def _describe(value: Any) -> str:
@@ -451,6 +498,13 @@ class OpPattern:
     ) -> None:
         if not choices:
             raise PatternError("A pattern node needs at least one op choice.")
+        if isinstance(choices, (str, bytes)) or not all(isinstance(c, OpChoice) for c in choices):
+            raise PatternError(
+                f"A pattern node's choices must be OpChoice objects; build nodes with op(...). Received: "
+                f"{choices!r}."
+            )
+        if commutative is not None and not isinstance(commutative, bool):
+            raise PatternError(f"commutative= takes True, False or None. Received: {commutative!r}.")
         self.choices: tuple[OpChoice, ...] = tuple(choices)
         self.name: str | None = None
         self.is_optional = False
@@ -486,6 +540,8 @@ class OpPattern:
         Example:
             >>> p = op("Conv2D") >> op("ReLU").optional()
         """
+        if not isinstance(flag, bool):
+            raise PatternError(f"optional() takes True or False. Received: {flag!r}.")
         self.is_optional = flag
         return self
 
@@ -502,9 +558,7 @@ class OpPattern:
         Example:
             >>> p = op("Conv2D").output(rank=4, shape=(None, None, None, 64), dtype="float32")
         """
-        if shape is not None and not isinstance(shape, ValueConstraint):
-            shape = tuple(shape)
-        self.outputs.append(OutputConstraint(index=index, rank=rank, shape=shape, dtype=dtype))
+        self.outputs.append(OutputConstraint(index=index, rank=rank, shape=_shape_arg(shape), dtype=dtype))
         return self
 
     def where(self, fn: Callable[[Node], Any], description: str | None = None) -> OpPattern:
@@ -513,6 +567,10 @@ class OpPattern:
         Example:
             >>> p = op("Dense").where(lambda node: node.config["units"] % 8 == 0, "units divisible by 8")
         """
+        if not callable(fn):
+            raise PatternError(
+                f"where() takes a function of the matched rewriter.Node. Received: {fn!r} for {self.label()}."
+            )
         self.predicates.append((fn, description or f"<predicate {getattr(fn, '__name__', 'fn')}>"))
         return self
 
@@ -561,7 +619,10 @@ class OpPattern:
     def __rshift__(self, other: OpPattern) -> OpPattern:
         """``a >> b``: an output of ``a`` is one of ``b``'s inputs; returns ``b`` (so chains compose)."""
         if not isinstance(other, OpPattern):
-            return NotImplemented
+            raise PatternError(
+                f"{self.label()} >> {other!r}: the right side of '>>' must be a pattern node (op(...), "
+                "any_op())."
+            )
         other._add_feeder(self)
         return other
 
@@ -571,7 +632,10 @@ class OpPattern:
             return self.set_inputs(list(other))
         if isinstance(other, TensorPattern):
             return self.set_inputs([other, ...])
-        return NotImplemented
+        raise PatternError(
+            f"{other!r} >> {self.label()}: the left side of '>>' must be a pattern node, a tensor() or a "
+            "list of them (the complete input list)."
+        )
 
     def _add_feeder(self, feeder: OpPattern) -> None:
         if self.input_mode == "list":
@@ -592,7 +656,9 @@ class OpPattern:
         Note that ``|`` binds more loosely than ``>>`` in Python: write ``a >> (b | c) >> d``.
         """
         if not isinstance(other, OpPattern):
-            return NotImplemented
+            raise PatternError(
+                f"{self.label()} | {other!r}: both sides of '|' must be pattern nodes (op(...), any_op())."
+            )
         if self.name and other.name and self.name != other.name:
             raise PatternError(f"Cannot combine nodes named {self.name!r} and {other.name!r} with '|'.")
         if self.input_mode != "free" and other.input_mode != "free":
@@ -615,6 +681,52 @@ class OpPattern:
 
     # ------------------------------------------------------------- reading
 
+    def malformation(self) -> str | None:
+        """What is structurally wrong with this node (built or edited by hand), or ``None``.
+
+        `Pattern` checks every node with this, so a malformed node raises `PatternError` up front
+        instead of failing deep inside the matcher.
+
+        Example:
+            >>> op("ReLU").malformation() is None
+            True
+            >>> bad = op("ReLU")
+            >>> bad.feeders.append("Conv2D")
+            >>> bad.malformation()
+            "its chained inputs must be pattern nodes, not 'Conv2D'"
+        """
+        if not isinstance(self.choices, tuple) or not self.choices:
+            return "it needs a tuple of at least one op choice"
+        for choice in self.choices:
+            if not isinstance(choice, OpChoice):
+                return f"its op choices must be OpChoice objects (build nodes with op()), not {choice!r}"
+        if self.name is not None and not (isinstance(self.name, str) and self.name.isidentifier()):
+            return f"its capture name {self.name!r} is not a Python identifier"
+        if not isinstance(self.is_optional, bool):
+            return f"its optional flag must be True or False, not {self.is_optional!r}"
+        if not all(isinstance(o, OutputConstraint) for o in self.outputs):
+            return "its output constraints must be OutputConstraint objects (use .output(...))"
+        if not all(
+            isinstance(pair, tuple) and len(pair) == 2 and callable(pair[0]) for pair in self.predicates
+        ):
+            return "its node predicates must be (function, description) pairs (use .where(...))"
+        if self.input_mode not in ("free", "list", "each"):
+            return f"its input mode must be 'free', 'list' or 'each', not {self.input_mode!r}"
+        for feeder in self.feeders:
+            if not isinstance(feeder, OpPattern):
+                return f"its chained inputs must be pattern nodes, not {feeder!r}"
+        if self.input_mode == "list":
+            for item in self.input_list:
+                if not isinstance(item, (OpPattern, TensorPattern)):
+                    return (
+                        f"its input list items must be pattern nodes or tensor() placeholders, not {item!r}"
+                    )
+        if self.input_mode == "each" and not (
+            isinstance(self.each, Each) and isinstance(self.each.item, (OpPattern, TensorPattern))
+        ):
+            return f"its variadic inputs must be each(item), not {self.each!r}"
+        return None
+
     @property
     def inputs(self) -> list[OpPattern | TensorPattern]:
         """Pattern inputs of this node: feeders, list items, or the `each` item."""
@@ -634,8 +746,14 @@ class OpPattern:
         Inputs are not checked here (the matcher does that). Returns ``None`` when the node fits.
 
         Example:
-            >>> op("ReLU").local_failure(graph.node("dense"))  # doctest: +SKIP
-            "its op is Dense, wanted ReLU"
+            >>> from rewriter.graph import Node
+            >>> dense = Node("dense", "Dense", None, {"units": 4})
+            >>> op("ReLU").local_failure(dense)
+            'its op is Dense, wanted ReLU'
+            >>> op("Dense", units=8).local_failure(dense)
+            'its units=4, wanted units=8'
+            >>> op("Dense", units=4).local_failure(dense) is None
+            True
         """
         typed = [c for c in self.choices if c.accepts_type(node)]
         if not typed:
@@ -725,6 +843,8 @@ def op(
         >>> op("Add", inputs=[op("BatchNormalization"), any_op()])
         Add
     """
+    if config is not None and not isinstance(config, Mapping):
+        raise PatternError(f"op(config=...) takes a dict of config key -> constraint. Received: {config!r}.")
     constraints = {k: _as_constraint(v) for k, v in {**(config or {}), **config_kwargs}.items()}
     types = list(op_type) if isinstance(op_type, (list, tuple)) else [op_type]
     if not types:
@@ -736,12 +856,25 @@ def op(
                 choices.append(OpChoice(None, constraints))
                 continue
             _check_op_name(t)
-        elif not isinstance(t, type):
+        elif not isinstance(t, type) or not _is_operation_class(t):
             raise PatternError(
-                f"An op type must be a class name or a class. Received: {t!r} of type {type(t).__name__}."
+                "An op type must be a class name or a Keras layer/operation class (a keras.Operation "
+                f"subclass). Received: {t!r} of type {type(t).__name__}."
             )
         choices.append(OpChoice(t, constraints))
     return OpPattern(choices, inputs=inputs, commutative=commutative)
+
+
+def _is_operation_class(cls: type) -> bool:
+    import keras
+
+    return issubclass(cls, keras.Operation)
+
+
+def _is_operation(obj: Any) -> bool:
+    import keras
+
+    return isinstance(obj, keras.Operation)
 
 
 def any_op(*, inputs: Sequence[Any] | Each | None = None, **config_kwargs: Any) -> OpPattern:
@@ -750,8 +883,7 @@ def any_op(*, inputs: Sequence[Any] | Each | None = None, **config_kwargs: Any) 
     Example:
         >>> p = op("DepthwiseConv2D") >> any_op() >> op("Activation")
     """
-    constraints = {k: _as_constraint(v) for k, v in config_kwargs.items()}
-    return OpPattern([OpChoice(None, constraints)], inputs=inputs)
+    return op("_", inputs=inputs, **config_kwargs)
 
 
 def tensor(
@@ -771,9 +903,7 @@ def tensor(
         raise PatternError(f"A tensor name must be a Python identifier. Received: name={name!r}.")
     constraint = None
     if rank is not None or shape is not None or dtype is not None:
-        if shape is not None and not isinstance(shape, ValueConstraint):
-            shape = tuple(shape)
-        constraint = OutputConstraint(rank=rank, shape=shape, dtype=dtype)
+        constraint = OutputConstraint(rank=rank, shape=_shape_arg(shape), dtype=dtype)
     return TensorPattern(name, constraint)
 
 
@@ -839,6 +969,12 @@ class Pattern:
                 raise PatternError(
                     f"Pattern sinks must be op patterns (op(...), any_op()). Received: {sink!r}."
                 )
+        if where is not None and not callable(where):
+            raise PatternError(
+                f"Pattern(where=...) takes a function of the Match. Received: where={where!r}."
+            )
+        if name is not None and not isinstance(name, str):
+            raise PatternError(f"Pattern(name=...) takes a str. Received: name={name!r}.")
         self.sinks: tuple[OpPattern, ...] = tuple(dict.fromkeys(sinks))
         self.where = where
         self.name = name
@@ -862,6 +998,13 @@ class Pattern:
                 if i == 0:
                     if state.get(node.uid) == 2:
                         continue
+                    problem = node.malformation()
+                    if problem is not None:
+                        label = f"{node.name!r}" if isinstance(node.name, str) else f"#{node.uid}"
+                        raise PatternError(
+                            f"Malformed pattern node {label}: {problem}. Build nodes with op(...), "
+                            "any_op() and their methods."
+                        )
                     state[node.uid] = 1
                 ins = (
                     [x for x in node.inputs if isinstance(x, OpPattern)] if node.input_mode != "each" else []
@@ -1142,7 +1285,8 @@ def as_pattern(obj: PatternLike) -> Pattern:
 
     Args:
         obj: A `Pattern`; an `OpPattern` (used as the single sink); a ``str`` in the text language
-            (``rewriter.dsl.parse_pattern``); or a Python function written with the Keras functional API
+            (``rewriter.dsl.parse_pattern``); a Keras layer or operation class (``op(cls)``); or a
+            Python function written with the Keras functional API
             (``rewriter.by_example.pattern_from_example``).
 
     Raises:
@@ -1165,6 +1309,14 @@ def as_pattern(obj: PatternLike) -> Pattern:
                 f"Pattern text needs rewriter.dsl.parse_pattern, which is unavailable: {exc}."
             ) from exc
         return as_pattern(parse_pattern(obj))
+    if isinstance(obj, type) and _is_operation_class(obj):
+        return Pattern(op(obj))
+    if _is_operation(obj):
+        raise PatternError(
+            f"A Keras layer object is not a pattern. Received: {obj!r}. Match its class with "
+            f"op({type(obj).__name__!r}) (or op(type(layer))), or find this very layer with "
+            "op(...).where(lambda node: node.layer is layer)."
+        )
     if callable(obj) and not isinstance(obj, type):
         try:
             from rewriter.by_example import pattern_from_example

@@ -71,7 +71,7 @@ def test_classes_and_alternative_lists_are_accepted() -> None:
     assert by_class.op_names() is None  # a class may match subclasses: no name index
     listed = op(["ReLU", L.ELU])
     assert [c.op_name for c in listed.choices] == ["ReLU", "ELU"]
-    with pytest.raises(PatternError, match="class name or a class"):
+    with pytest.raises(PatternError, match="class name or a Keras layer/operation class"):
         op(3)  # type: ignore[arg-type]
     with pytest.raises(PatternError, match="at least one"):
         op([])
