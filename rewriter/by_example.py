@@ -44,8 +44,7 @@ Example:
     ...     return ops.add(x, y)
     >>> pattern = pattern_from_example(residual, (8, 8, 16))
     >>> print(pattern)
-    conv:Conv2D(filters=16, kernel_size=(3, 3), padding='same'); _0:BatchNormalization; _1:Add;
-    [$x] -> conv; [conv] -> _0; [$x, _0] -> _1
+    [$x, [[$x] -> conv:Conv2D(filters=16, kernel_size=(3, 3), padding='same')] -> BatchNormalization] -> Add
 """
 
 from __future__ import annotations
@@ -333,7 +332,7 @@ def pattern_from_example(
         ...     return layers.MaxPooling2D()(layers.Conv2D(32, 3, name="conv")(x))
         >>> pattern = pattern_from_example(conv_pool)
         >>> print(pattern)
-        conv:Conv2D(filters=32, kernel_size=(3, 3)); _0:MaxPooling2D; [$x] -> conv; [conv] -> _0
+        [[$x] -> conv:Conv2D(filters=32, kernel_size=(3, 3))] -> MaxPooling2D
     """
     if shapes not in (False, True, "rank"):
         raise PatternError(f"shapes must be False, True or 'rank'. Received: shapes={shapes!r}.")

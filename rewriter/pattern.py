@@ -1142,18 +1142,11 @@ class Pattern:
 
 
 def _render(pattern: Pattern) -> str:
+    """The pattern in the text language: nested inline where every node feeds one place, else labelled."""
+    inline = _render_inline(pattern)
+    if inline is not None:
+        return inline
     nodes = pattern.nodes
-    simple_chain = (
-        len(pattern.sinks) == 1
-        and all(n.input_mode == "free" and len(n.feeders) <= 1 for n in nodes)
-        and all(len(pattern.consumers_of(n)) <= 1 for n in nodes)
-    )
-    if simple_chain:
-        chain = [pattern.sinks[0]]
-        while chain[-1].feeders:
-            chain.append(chain[-1].feeders[0])
-        if len(chain) == len(nodes):
-            return " -> ".join(n.describe() for n in reversed(chain))
     labels: dict[int, str] = {}
     counter = itertools.count()
     for n in nodes:
@@ -1166,11 +1159,39 @@ def _render(pattern: Pattern) -> str:
                 items.append("...")
             parts.append(f"[{', '.join(items)}] -> {labels[n.uid]}")
         elif n.input_mode == "each" and n.each is not None:
-            item = n.each.item
-            parts.append(f"each({item.describe()}, min={n.each.min}, max={n.each.max}) -> {labels[n.uid]}")
+            parts.append(f"{_each_text(n.each)} -> {labels[n.uid]}")
         else:
             parts.extend(f"{labels[f.uid]} -> {labels[n.uid]}" for f in n.feeders)
     return "; ".join(parts)
+
+
+def _each_text(spec: Each) -> str:
+    return f"each({spec.item.describe()}, min={spec.min}, max={spec.max})"
+
+
+def _render_inline(pattern: Pattern) -> str | None:
+    """Each sink as one nested expression (``[Conv2D -> ReLU, BatchNormalization] -> Add``).
+
+    ``None`` if a node feeds several places (it then needs a label). Built producers first, no recursion.
+    """
+    sinks = set(pattern.sinks)
+    text: dict[int, str] = {}
+    for node in pattern.nodes:  # producers first
+        items = node.inputs if node.input_mode != "each" else []
+        if any(isinstance(i, OpPattern) and (i in sinks or len(pattern.consumers_of(i)) != 1) for i in items):
+            return None
+        head = node.describe()
+        if node.input_mode == "list":
+            parts = [text[i.uid] if isinstance(i, OpPattern) else i.describe() for i in node.input_list]
+            parts += ["..."] if node.open_ended else []
+            text[node.uid] = f"[{', '.join(parts)}] -> {head}"
+        elif node.input_mode == "each" and node.each is not None:
+            text[node.uid] = f"{_each_text(node.each)} -> {head}"
+        elif len(node.feeders) > 1:
+            return None
+        else:
+            text[node.uid] = f"{text[node.feeders[0].uid]} -> {head}" if node.feeders else head
+    return "; ".join(text[sink.uid] for sink in pattern.sinks)
 
 
 def _value_key(value: Any) -> Any:

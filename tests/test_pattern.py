@@ -231,7 +231,14 @@ def test_text_form() -> None:
     alt = Pattern(op("ReLU") | op("Activation", activation=one_of("relu", "relu6")))
     assert str(alt) == "(ReLU | Activation(activation=one_of('relu', 'relu6')))"
     listed = Pattern(op("Add", inputs=[op("ReLU").named("r"), any_op()]))
-    assert "[r, _" in str(listed) and "-> " in str(listed)
+    assert str(listed) == "[r:ReLU, _] -> Add"
+    nested = Pattern(op("Add", inputs=[op("Conv2D") >> op("ReLU"), op("BatchNormalization")]))
+    assert str(nested) == "[Conv2D -> ReLU, BatchNormalization] -> Add"
+    r = op("ReLU").named("r")
+    shared = Pattern(op("Add", inputs=[r, op("Dense")]), op("Softmax", inputs=[r]))  # r feeds two places
+    assert str(shared) == "r:ReLU; _0:Dense; _1:Add; _2:Softmax; [r, _0] -> _1; [r] -> _2"
+    for pattern in (chain, alt, listed, nested, shared):
+        assert rewriter.parse_pattern(str(pattern)) == pattern
     assert repr(op("Dense").named("d")) == "d:Dense"
 
 
