@@ -420,12 +420,13 @@ class _Search:
             pass
         return self.results
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, reached: dict[OpPattern, str] | None = None) -> None:
+        """Record a failure (``reached``: nodes walked to but not bound, counted into the depth)."""
         if not self.record:
             return
-        depth = len(self.bind)
+        depth = len(self.bind) + len(reached or ())
         if self.failure is None or depth > self.failure.depth:
-            self.failure = _Failure(depth, dict(self.bind), reason)
+            self.failure = _Failure(depth, {**self.bind, **(reached or {})}, reason)
 
     # ------------------------------------------------------------- steps
 
@@ -741,6 +742,7 @@ class _Search:
             step = parents[step]
         frontier = [self.bind[start]]
         reached: list[str] = [f"{self.bind[start]!r} as {start.label()}"]
+        walked: dict[OpPattern, str] = {}  # path nodes reached by a single graph node
         for q in path:
             seen: dict[str, None] = {}
             rejected: list[str] = []
@@ -757,10 +759,13 @@ class _Search:
                 tried = "; ".join(rejected) if rejected else "there are none"
                 self._fail(
                     f"walking forward from {', then '.join(reached)}, no consumer can be {q.label()} "
-                    f"({tried})"
+                    f"({tried})",
+                    walked,
                 )
                 return []
             frontier = list(seen)
+            if len(frontier) == 1 and frontier[0] not in self.used:
+                walked[q] = frontier[0]
             reached.append(f"{', '.join(map(repr, frontier[:3]))} as {q.label()}")
         order = self.index.topo_index
         return sorted(frontier, key=order.__getitem__)
