@@ -384,6 +384,7 @@ class _Search:
         self.failure: _Failure | None = None
         self.results: list[Match] = []
         self.limit: int | None = None
+        self._groups: dict[OpPattern, list[object]] = {}
         # Nodes constrained by op type names only: checked with one set lookup.
         self.simple_types: dict[OpPattern, frozenset[str]] = {
             p: frozenset(names)
@@ -599,8 +600,35 @@ class _Search:
                     f"{p.label()}; its inputs are {[_port_text(q) for q in ports]}"
                 )
                 return
-        for choice in _injective_assignments(items, compatible):
+        for choice in _injective_assignments(items, compatible, self._interchangeable(p)):
             yield self._list_tasks(items, ports, choice, g, rest, ordered=False)
+
+    def _interchangeable(self, p: OpPattern) -> list[object]:
+        """A group per item of ``p``'s input list; only one order of the items of a group is tried.
+
+        Items of one group can trade places without changing the match: the same object listed twice,
+        unconstrained anonymous tensors, anonymous required leaf nodes used only here with equal
+        constraints.
+        """
+        groups = self._groups.get(p)
+        if groups is None:
+            groups = []
+            for item in p.input_list:
+                if isinstance(item, TensorPattern):
+                    free = item.name is None and item.constraint is None
+                    groups.append("free tensor" if free else id(item))
+                elif (
+                    item.name is None
+                    and not item.is_optional
+                    and not item.inputs
+                    and self.pattern.consumers_of(item) == [p]
+                    and sum(1 for other in p.input_list if other is item) == 1
+                ):
+                    groups.append(("leaf", item.signature()))
+                else:
+                    groups.append(id(item))
+            self._groups[p] = groups
+        return groups
 
     def _may_take(self, item: OpPattern | TensorPattern, port: Port) -> bool:
         if isinstance(item, TensorPattern):
@@ -803,51 +831,49 @@ class _Search:
 
 
 def _injective_assignments(
-    items: list[OpPattern | TensorPattern], compatible: list[list[int]]
+    items: list[OpPattern | TensorPattern], compatible: list[list[int]], groups: list[object]
 ) -> Iterator[tuple[int, ...]]:
     """Injective maps item -> argument position within ``compatible``, one per class of equivalent maps.
 
-    Interchangeable items (the same object listed twice, or unconstrained anonymous `tensor()` items)
-    take their positions in increasing order only, so ``[tensor()] * 10`` gives one assignment, not 10!.
-    Backtracking on an explicit cursor per item (no recursion).
+    Items of one group (``groups[i]``, see `_Search._interchangeable`; they have equal ``compatible``
+    lists) can trade places, so a group takes a *combination* of positions, not every permutation:
+    ``[tensor()] * 10`` or ten anonymous ``op("ReLU")`` give one assignment, not 10!. Groups are assigned in
+    turn on an explicit stack of combination iterators (no recursion).
     """
-    groups: list[object] = []
-    for item in items:
-        if isinstance(item, TensorPattern) and item.name is None and item.constraint is None:
-            groups.append("free tensor")
-        else:
-            groups.append(id(item))
-    count = len(items)
-    if count == 0:
+    members: dict[object, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    levels = list(members.values())
+    if not levels:
         yield ()
         return
-    chosen: list[int] = []
+    assignment = [0] * len(items)
     used: set[int] = set()
-    cursor = [0] * count
-    level = 0
-    while True:
-        if level == count:
-            yield tuple(chosen)
-            level -= 1
-            used.discard(chosen.pop())
+    chosen: list[tuple[int, ...] | None] = [None] * len(levels)
+
+    def choices(level: int) -> Iterator[tuple[int, ...]]:
+        free = [j for j in compatible[levels[level][0]] if j not in used]
+        return itertools.combinations(free, len(levels[level]))
+
+    stack = [choices(0)]
+    while stack:
+        level = len(stack) - 1
+        previous = chosen[level]
+        if previous is not None:
+            used.difference_update(previous)
+            chosen[level] = None
+        combination = next(stack[-1], None)
+        if combination is None:
+            stack.pop()
             continue
-        options = compatible[level]
-        floor = max((chosen[k] for k in range(level) if groups[k] == groups[level]), default=-1)
-        i = cursor[level]
-        while i < len(options) and (options[i] in used or options[i] <= floor):
-            i += 1
-        if i < len(options):
-            cursor[level] = i + 1
-            chosen.append(options[i])
-            used.add(options[i])
-            level += 1
-            if level < count:
-                cursor[level] = 0
-        elif level == 0:
-            return
+        chosen[level] = combination
+        used.update(combination)
+        for index, position in zip(levels[level], combination):
+            assignment[index] = position
+        if level + 1 == len(levels):
+            yield tuple(assignment)
         else:
-            level -= 1
-            used.discard(chosen.pop())
+            stack.append(choices(level + 1))
 
 
 def _item_label(item: OpPattern | TensorPattern) -> str:

@@ -784,6 +784,20 @@ class OpPattern:
                 return f"the node predicate {description} returned False"
         return None
 
+    def signature(self) -> tuple[Any, ...]:
+        """A hashable form of everything about this node except its inputs.
+
+        That is its op choices, config, capture name, optional flag, output constraints, predicates (by
+        identity) and input mode: two nodes with equal signatures accept the same graph nodes.
+
+        Example:
+            >>> op("Conv2D", padding="same").signature() == op("Conv2D", padding=["same"][0]).signature()
+            True
+            >>> op("Conv2D").signature() == op("Conv2D").named("c").signature()
+            False
+        """
+        return _local_key(self)
+
     def op_names(self) -> set[str] | None:
         """Op type names this node can match, or ``None`` if any op (wildcard or class) may match."""
         names: set[str] = set()

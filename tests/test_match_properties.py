@@ -10,6 +10,8 @@ only by a symmetry of the pattern collapse into one place.
 
 from __future__ import annotations
 
+import itertools
+
 import networkx as nx
 import pytest
 from hypothesis import given, settings
@@ -165,6 +167,27 @@ def test_commutative_list_reported_once(graph: Graph, first: str, second: str | 
         ):
             expected.append(name)
     assert [m.anchor for m in matches] == expected
+
+
+@settings(max_examples=60)  # cheap (no Keras)
+@given(random_graphs(), st.lists(st.sampled_from([*OP_TYPES, None]), min_size=3, max_size=3))
+def test_three_item_commutative_list_against_brute_force(graph: Graph, types: list[str | None]) -> None:
+    """``[X, Y, Z] -> Add`` with repeated types (interchangeable items tried in one order only): one match
+    per Add node with three distinct producers that fit the items in some order."""
+    items = [op(t) if t else any_op() for t in types]
+    found = [m.anchor for m in rewriter.find(graph, op("Add", inputs=items))]
+    expected = []
+    for name in graph.topological_names():
+        producers = [p.node for p in graph.producers(name)]
+        if graph.node(name).op_type != "Add" or len(producers) != 3 or len(set(producers)) != 3:
+            continue
+        kinds = [graph.node(p).op_type for p in producers]
+        if any(
+            all(want is None or kind == want for kind, want in zip(order, types))
+            for order in itertools.permutations(kinds)
+        ):
+            expected.append(name)
+    assert found == expected
 
 
 @given(random_graphs(), st.lists(st.sampled_from([*OP_TYPES, None]), min_size=3, max_size=3))
