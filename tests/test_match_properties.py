@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from networkx.algorithms import isomorphism
 
 import rewriter
-from rewriter import Graph, Node, Pattern, Port, TensorSpec, any_op, op
+from rewriter import Graph, Node, Pattern, Port, TensorSpec, any_op, each, op
 from tests.strategies import functional_models
 
 OP_TYPES = ["ReLU", "Dense", "Add"]
@@ -233,17 +233,26 @@ def test_anchors_restrict_and_agree(graph: Graph) -> None:
 # ------------------------------------------------------------------------------------ applications
 
 
-def count_chains(graph: Graph, types: list[str]) -> int:
-    """Independent count of chains t0 -> t1 -> ... (distinct nodes, consecutive producer edges)."""
-    paths = [[n] for n in graph.nx.nodes if graph.nx.nodes[n]["op_type"] == types[0]]
+def chains(graph: Graph, types: list[str | None]) -> list[list[str]]:
+    """Independently: every chain t0 -> t1 -> ... (distinct nodes, consecutive producer edges; None = any)."""
+
+    def fits(name: str, kind: str | None) -> bool:
+        return kind is None or graph.nx.nodes[name]["op_type"] == kind
+
+    paths = [[n] for n in graph.nx.nodes if fits(n, types[0])]
     for kind in types[1:]:
         paths = [
             [*path, nxt]
             for path in paths
             for nxt in set(graph.nx.successors(path[-1]))
-            if graph.nx.nodes[nxt]["op_type"] == kind and nxt not in path
+            if fits(nxt, kind) and nxt not in path
         ]
-    return len(paths)
+    return paths
+
+
+def count_chains(graph: Graph, types: list[str]) -> int:
+    """Independent count of chains t0 -> t1 -> ... (see `chains`)."""
+    return len(chains(graph, types))
 
 
 @pytest.mark.slow
@@ -285,3 +294,49 @@ def test_counts_in_applications(app: str) -> None:
     )
     assert len(some_bn) == len(rewriter.find(graph, op("BatchNormalization") >> op("Add")))
     assert len(some_bn) == expected_some > 0
+
+
+@pytest.mark.slow
+def test_variadic_and_open_list_counts_in_inception() -> None:
+    import keras
+
+    graph = rewriter.lift(keras.applications.InceptionV3(weights=None))
+    concats = [n for n, d in graph.nx.nodes(data=True) if d["op_type"] == "Concatenate"]
+    sources = {
+        n: [src for src, _, _ in sorted(graph.nx.in_edges(n, data="arg_index"), key=lambda e: e[2])]
+        for n in concats
+    }
+    kinds = {n: [graph.nx.nodes[s]["op_type"] for s in sources[n]] for n in concats}
+    # each(): every input an Activation, at least three of them (the mixed blocks of four branches)
+    expected_each = sorted(n for n in concats if len(kinds[n]) >= 3 and set(kinds[n]) == {"Activation"})
+    found = rewriter.find(graph, op("Concatenate", inputs=each(op("Activation"), min=3)))
+    assert sorted(m.anchor for m in found) == expected_each and len(expected_each) >= 5
+    assert all(len(m.nodes) == 1 + len(sources[m.anchor]) for m in found)
+    # exactly two inputs, whatever they are
+    pairs = rewriter.find(graph, "[_, _] -> Concatenate")
+    assert sorted(m.anchor for m in pairs) == sorted(
+        n for n in concats if len(set(sources[n])) == 2 == len(sources[n])
+    )
+    # an open list: an Activation first, then anything (Concatenate is not commutative)
+    first_act = rewriter.find(graph, "[Activation, ...] -> Concatenate")
+    assert sorted(m.anchor for m in first_act) == sorted(n for n in concats if kinds[n][0] == "Activation")
+
+
+@pytest.mark.slow
+def test_greedy_optional_counts_in_mobilenet() -> None:
+    import keras
+
+    graph = rewriter.lift(keras.applications.MobileNetV2(weights=None))
+    matches = rewriter.find(graph, "c:Conv2D -> b:BatchNormalization -> a:ReLU?")
+    # independently: each Conv2D -> BN pair once per ReLU consumer of the BN, or once without one
+    expected: list[tuple[str, str, str | None]] = []
+    for conv, bn in [(p[0], p[1]) for p in chains(graph, ["Conv2D", "BatchNormalization"])]:
+        relus = sorted(c for c in set(graph.nx.successors(bn)) if graph.nx.nodes[c]["op_type"] == "ReLU")
+        expected += [(conv, bn, relu) for relu in relus] or [(conv, bn, None)]
+    found = sorted((m.captures["c"], m.captures["b"], m.captures.get("a")) for m in matches)
+    assert found == sorted(expected, key=lambda t: (t[0], t[1], t[2] or ""))
+    assert any(a is None for _, _, a in found) and any(a is not None for _, _, a in found)
+    # a wildcard in the middle: DepthwiseConv2D -> _ -> ReLU
+    dw = rewriter.find(graph, "DepthwiseConv2D -> _ -> ReLU")
+    expected_dw = [p for p in chains(graph, ["DepthwiseConv2D", None, "ReLU"])]
+    assert sorted(m.nodes for m in dw) == sorted(expected_dw) and len(expected_dw) > 10
