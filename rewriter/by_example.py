@@ -60,7 +60,7 @@ import keras
 
 from rewriter.errors import PatternError
 from rewriter.graph import Graph, TensorRef
-from rewriter.pattern import COMMUTATIVE_OPS, OpPattern, Pattern, TensorPattern, op, tensor
+from rewriter.pattern import COMMUTATIVE_OPS, OpPattern, Pattern, TensorPattern, normalize_value, op, tensor
 
 __all__ = ["pattern_from_example", "trace_example"]
 
@@ -139,7 +139,7 @@ def _ops_function_defaults(cls: type) -> dict[str, Any]:
     return {}
 
 
-def explicit_config(operation: Any, recorder: _Recorder) -> tuple[dict[str, Any], str | None]:
+def _explicit_config(operation: Any, recorder: _Recorder) -> tuple[dict[str, Any], str | None]:
     """The config constraints of ``operation`` written explicitly, normalized by its ``get_config()``.
 
     Args:
@@ -247,7 +247,7 @@ def trace_example(fn: Callable[..., Any], *input_shapes: Any) -> tuple[Graph, di
             ) from None
         graph = lift(model)
         explicit = {
-            node.name: explicit_config(node.layer, recorder)
+            node.name: _explicit_config(node.layer, recorder)
             for node in graph.topological()
             if not node.is_input
         }
@@ -401,12 +401,17 @@ def _literal_arguments_check(node: Any) -> tuple[Callable[[Any], bool], str] | N
     if not wanted:
         return None
     commutative = node.op_type in COMMUTATIVE_OPS
-    wanted_key = sorted(repr(v) for _, v in wanted) if commutative else [(i, repr(v)) for i, v in wanted]
+
+    def key(literals: list[tuple[int, Any]]) -> list[Any]:
+        # compared like config values (lists and tuples alike); any position for a commutative op
+        if commutative:
+            return sorted(repr(normalize_value(v)) for _, v in literals)
+        return [(i, repr(normalize_value(v))) for i, v in literals]
+
+    wanted_key = key(wanted)
 
     def same_literals(candidate: Any) -> bool:
-        found = _literal_arguments(candidate)
-        key = sorted(repr(v) for _, v in found) if commutative else [(i, repr(v)) for i, v in found]
-        return key == wanted_key
+        return key(_literal_arguments(candidate)) == wanted_key
 
     values = ", ".join(repr(v) for _, v in wanted)
     return same_literals, f"literal operands {values}"

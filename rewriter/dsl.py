@@ -690,7 +690,7 @@ def _caret(text: str, line: int, column: int) -> str:
     return f"    {source}\n    {' ' * max(column - 1, 0)}^"
 
 
-def syntax_error(
+def _syntax_error(
     text: str, message: str, line: int, column: int, *, kind: str = "Pattern syntax error"
 ) -> PatternError:
     """A `PatternError` pointing at ``line``/``column`` of ``text`` with a caret under the spot.
@@ -706,7 +706,7 @@ def syntax_error(
         The error (to raise).
 
     Example:
-        >>> print(syntax_error("Conv2D ->", "Expected a name", 1, 10))
+        >>> print(_syntax_error("Conv2D ->", "Expected a name", 1, 10))
         Pattern syntax error at line 1, column 10: Expected a name
             Conv2D ->
                      ^
@@ -757,16 +757,16 @@ def _from_lark(text: str, error: UnexpectedInput) -> PatternError:
         char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
         expected = _accepted_before(text, error.pos_in_stream)
         tail = f" Expected {_expected_words(expected)}." if expected else ""
-        return syntax_error(text, f"Unexpected character {char!r}.{tail}", error.line, error.column)
+        return _syntax_error(text, f"Unexpected character {char!r}.{tail}", error.line, error.column)
     expected = _accepted(error, getattr(error, "expected", ()))
     token = getattr(error, "token", None)
     if isinstance(error, UnexpectedEOF) or token is None or token.type == "$END":
         line, column = _end_position(text)
-        return syntax_error(
+        return _syntax_error(
             text, f"The text ends too early. Expected {_expected_words(expected)}.", line, column
         )
     hint = _hint(token, expected)
-    return syntax_error(
+    return _syntax_error(
         text,
         f"Unexpected {_describe_token(token)}. Expected {_expected_words(expected)}.{hint}",
         token.line,
@@ -814,10 +814,10 @@ def parse_syntax(text: str) -> PatternSyntax:
     except VisitError as error:
         inner = error.orig_exc
         if isinstance(inner, _SyntaxError):
-            raise syntax_error(text, inner.message + ".", inner.line, inner.column) from None
+            raise _syntax_error(text, inner.message + ".", inner.line, inner.column) from None
         raise
     except _SyntaxError as error:
-        raise syntax_error(text, error.message + ".", error.line, error.column) from None
+        raise _syntax_error(text, error.message + ".", error.line, error.column) from None
     if not chains:
         raise PatternError("The pattern text is empty: write at least one op, e.g. 'Conv2D -> ReLU'.")
     return PatternSyntax(tuple(chains), text)
@@ -885,7 +885,7 @@ class _Builder:
         self.consumed: set[int] = set()  # uids of nodes that feed another node
 
     def error(self, message: str, line: int, column: int) -> PatternError:
-        return syntax_error(self.text, message, line, column, kind="Pattern error")
+        return _syntax_error(self.text, message, line, column, kind="Pattern error")
 
     def build(self, *, where: Callable[[Any], Any] | None, name: str | None) -> Pattern:
         for node in _walk_nodes(self.syntax):

@@ -94,6 +94,7 @@ __all__ = [
     "as_pattern",
     "each",
     "known_op_names",
+    "normalize_value",
     "one_of",
     "op",
     "tensor",
@@ -132,7 +133,7 @@ class Equals(ValueConstraint):
 
     def check(self, value: Any) -> bool:  # noqa: D102
         try:
-            return bool(_normalize(value) == _normalize(self.value))
+            return bool(normalize_value(value) == normalize_value(self.value))
         except Exception:
             return False
 
@@ -206,11 +207,20 @@ def _as_constraint(value: Any) -> ValueConstraint:
     return Equals(value)
 
 
-def _normalize(value: Any) -> Any:
+def normalize_value(value: Any) -> Any:
+    """The form in which pattern values compare: lists and tuples alike, dicts as sorted items.
+
+    Keras configs hold tuples and users write either; literal operands of traced ``keras.ops`` calls compare
+    the same way.
+
+    Example:
+        >>> normalize_value([3, [1, 1]]) == normalize_value((3, (1, 1)))
+        True
+    """
     if isinstance(value, (list, tuple)):
-        return tuple(_normalize(v) for v in value)
+        return tuple(normalize_value(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((str(k), _normalize(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), normalize_value(v)) for k, v in value.items()))
     return value
 
 
@@ -1212,14 +1222,14 @@ def _value_key(value: Any) -> Any:
     if isinstance(value, Equals):
         value = value.value
     elif isinstance(value, OneOf):
-        return ("one_of", tuple(sorted({repr(_normalize(v)) for v in value.values})))
+        return ("one_of", tuple(sorted({repr(normalize_value(v)) for v in value.values})))
     elif isinstance(value, Anything):
         return ("anything",)
     elif isinstance(value, Predicate):
         return ("predicate", id(value.fn))
     elif isinstance(value, ValueConstraint):
         return ("constraint", repr(value))
-    return ("value", repr(_normalize(value)))
+    return ("value", repr(normalize_value(value)))
 
 
 def _local_key(node: OpPattern) -> tuple[Any, ...]:
