@@ -7,7 +7,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -133,3 +136,14 @@ def assert_same_weights(first: keras.Model, second: keras.Model) -> None:
         assert a.shape == b.shape, f"weight {index}: shape {b.shape} != {a.shape}"
         assert a.dtype == b.dtype, f"weight {index}: dtype {b.dtype} != {a.dtype}"
         assert np.array_equal(a, b, equal_nan=True), f"weight {index} differs"
+
+
+@contextlib.contextmanager
+def recursion_limit(limit: int) -> Iterator[None]:
+    """Run the body with Python's recursion limit set to ``limit``, then restore the previous one."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)

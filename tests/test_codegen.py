@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ from keras import layers, ops
 
 import rewriter
 from tests.codegen_models import ScaleShift, double_plus_one
-from tests.helpers import assert_same_outputs, assert_same_weights, property_settings, random_inputs
+from tests.helpers import (
+    assert_same_outputs,
+    assert_same_weights,
+    property_settings,
+    random_inputs,
+    recursion_limit,
+)
 from tests.strategies import functional_models
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -383,12 +388,8 @@ def test_deep_chain_generates_without_recursion() -> None:
     graph.inputs, graph.input_structure = ["x"], "x"
     graph.output_structure = rewriter.Port(previous, 0)
     graph.verify()
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(1000)  # Python's default (importing TensorFlow raises it)
-    try:
+    with recursion_limit(1000):  # Python's default (importing TensorFlow raises it)
         source = rewriter.to_source(graph)
-    finally:
-        sys.setrecursionlimit(limit)
     ast.parse(source)
     assert source.count("= layers.Dense(4, name=") == 1500 and source.count("= layers.ReLU(name=") == 1500
     assert 'r2999 = layers.ReLU(name="r2999")(d2998)' in source

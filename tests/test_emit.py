@@ -8,9 +8,7 @@ limit (where ``keras.models.clone_model`` fails), training, saving and loading.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -26,6 +24,7 @@ from tests.helpers import (
     flat_outputs,
     property_settings,
     random_inputs,
+    recursion_limit,
 )
 from tests.strategies import functional_models, randomize_weights
 
@@ -324,32 +323,22 @@ def _chain(depth: int, width: int = 4) -> keras.Model:
     return keras.Model(inputs, x, name=f"chain_{depth}")
 
 
-@contextlib.contextmanager
-def _recursion_limit(limit: int) -> Iterator[None]:
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(limit)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
-
-
 _DEFAULT_LIMIT = 1000  # Python's default; importing TensorFlow raises it to 3000
 _BUILD_LIMIT = 20000  # only for building the test models and calling them (Keras recurses over depth)
 
 
 def test_clone_model_fails_on_a_1200_op_chain() -> None:
     """The claim emit improves on: Keras's own cloning recurses over depth."""
-    with _recursion_limit(_BUILD_LIMIT):
+    with recursion_limit(_BUILD_LIMIT):
         model = _chain(1200)
-    with _recursion_limit(_DEFAULT_LIMIT), pytest.raises(RecursionError):
+    with recursion_limit(_DEFAULT_LIMIT), pytest.raises(RecursionError):
         keras.models.clone_model(model)
 
 
-def test_3000_op_chain_lifts_and_emits_at_the_default_recursion_limit() -> None:
-    with _recursion_limit(_BUILD_LIMIT):
+def test_3000_op_chain_lifts_and_emits_at_the_defaultrecursion_limit() -> None:
+    with recursion_limit(_BUILD_LIMIT):
         model = _chain(3000)
-    with _recursion_limit(_DEFAULT_LIMIT):
+    with recursion_limit(_DEFAULT_LIMIT):
         graph = rewriter.lift(model)
         graph.verify()
         new = rewriter.emit(graph)
@@ -357,7 +346,7 @@ def test_3000_op_chain_lifts_and_emits_at_the_default_recursion_limit() -> None:
     assert len(graph) == 3001
     assert [layer.name for layer in new.layers] == [layer.name for layer in model.layers]
     assert len(new.layers) == 3001
-    with _recursion_limit(_BUILD_LIMIT):
+    with recursion_limit(_BUILD_LIMIT):
         assert_same_outputs(model, new, random_inputs(model, seed=0))
     assert_same_weights(model, new)
 

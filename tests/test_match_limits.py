@@ -7,10 +7,8 @@ saying what is wrong, never a deep traceback from inside the matcher.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -19,6 +17,7 @@ import pytest
 import rewriter
 from rewriter import Graph, MatchError, Node, Pattern, PatternError, Port, TensorSpec, each, op, tensor
 from rewriter.pattern import OpChoice, OpPattern
+from tests.helpers import recursion_limit
 
 SPEC = TensorSpec((None, 4), "float32")
 
@@ -45,16 +44,6 @@ def chain_pattern(kinds: list[str]) -> OpPattern:
     for kind in kinds[1:]:
         node = node >> op(kind)
     return node
-
-
-@contextlib.contextmanager
-def recursion_limit(limit: int) -> Iterator[None]:
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(limit)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
 
 
 def test_long_chain_pattern_on_a_3000_op_chain() -> None:
